@@ -1,0 +1,80 @@
+"""`llamaline`: the platform's command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from infra import stack
+
+app = typer.Typer(
+    name="llamaline",
+    help="From raw web crawl to a LLaMA chat model: Prefect flows, Ray jobs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+
+app.command()(stack.up)
+app.command()(stack.status)
+app.command()(stack.down)
+
+
+@app.command()
+def demo(
+    data_root: Annotated[Path, typer.Option(help="Where the demo writes its corpus and shards")] = Path("data"),
+    files: Annotated[int, typer.Option(min=1, help="Synthetic input files (one shard each)")] = 4,
+    docs_per_file: Annotated[int, typer.Option(min=1, help="Documents per input file")] = 400,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic corpus")] = 0,
+) -> None:
+    """Generate a synthetic corpus, ingest it into shards on Ray and validate them (the `demo` flow)."""
+    from flows.demo import DemoConfig, demo as demo_flow
+
+    config = DemoConfig(data_root=str(data_root.resolve()), files=files, docs_per_file=docs_per_file, seed=seed)
+    report = demo_flow(config)
+    _print_report(report)
+    if not report["valid"]:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def shards(
+    stage_dir: Annotated[str, typer.Argument(help="Stage folder (path or URI) with a _manifest.json")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON")] = False,
+) -> None:
+    """Validate a stage folder against its manifest and print its statistics (the `shards` flow).
+
+    Exit code 0: valid; 1: problems found (listed); 2: usage error.
+    """
+    from flows.shards import ShardsConfig, shards as shards_flow
+
+    report = shards_flow(ShardsConfig(stage_dir=stage_dir, fail_on_problems=False))
+    if as_json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
+    if not report["valid"]:
+        raise typer.Exit(code=1)
+
+
+def _print_report(report: dict) -> None:
+    table = Table(title=f"stage {report['stage']} ({report['stage_dir']})")
+    columns = ["parts", "docs_in", "kept", "dropped", "quarantined", "bytes", "mean_chars"]
+    table.add_column("source")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for source, stats in report["by_source"].items():
+        table.add_row(source, *(str(stats[c]) for c in columns))
+    console.print(table)
+    for reason, count in report["dropped_by_reason"].items():
+        console.print(f"  dropped {count:>7}  {reason}")
+    if report["valid"]:
+        console.print("[green]valid[/green]")
+    for problem in report["problems"]:
+        console.print(f"[red]problem[/red] {problem}")

@@ -1,0 +1,242 @@
+"""Run a stage: read inputs, pass documents through steps, write parts, reconcile, mark done.
+
+One *shard unit* is one input (a file, or a split of one) and becomes exactly one output part.
+Units run as Ray tasks; each is idempotent (its receipt is its completion marker), so a rerun
+skips finished parts and redoes the rest, and a finished stage is skipped whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from tasks.documents import BadRecord, Document
+from tasks.shards import (
+    MANIFEST,
+    SUCCESS,
+    PartReceipt,
+    QuarantineWriter,
+    ShardWriter,
+    part_location,
+    quarantine_location,
+    receipt_location,
+    summarise,
+)
+from tasks.steps import Drop, Step, batched
+from tasks.storage import Location, resolve, sha256_of, write_json_atomic
+from tasks.version import code_version
+
+BATCH_SIZE = 256
+
+
+@dataclass(frozen=True)
+class InputFile:
+    uri: str
+    size: int
+    sha256: str
+
+    @classmethod
+    def describe(cls, uri: str) -> InputFile:
+        location = resolve(uri)
+        if not location.is_file():
+            raise FileNotFoundError(f"input not found: {uri}")
+        return cls(uri=uri, size=location.size(), sha256=sha256_of(location))
+
+
+@dataclass(frozen=True)
+class ShardUnit:
+    source: str
+    index: int
+    input: InputFile | None = None
+
+
+class Reader(Protocol):
+    """Turns one shard unit's input into documents, or bad records for the quarantine."""
+
+    def read(self, unit: ShardUnit) -> Iterator[Document | BadRecord]: ...
+
+
+@dataclass
+class StageSpec:
+    """What a stage is: where it writes, how it reads, which steps it applies, its parameters.
+
+    ``steps`` is a factory so every Ray task gets fresh step objects (and fresh counters).
+    """
+
+    root: str
+    name: str
+    reader: Reader
+    steps: Callable[[], Sequence[Step]] = list
+    parameters: dict[str, Any] = field(default_factory=dict)
+    extra_columns: pa.Schema | None = None
+
+    @property
+    def stage_dir(self) -> Location:
+        return resolve(self.root).join(self.name)
+
+    def fingerprint(self) -> str:
+        """Changes when the parameters change: a finished stage is reused only for the same ones."""
+        payload = json.dumps({"stage": self.name, "parameters": self.parameters}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def run_shard(spec: StageSpec, unit: ShardUnit) -> PartReceipt:
+    """Process one unit into one part, unless its receipt says it is already done."""
+    stage_dir = spec.stage_dir
+    receipt_at = receipt_location(stage_dir, unit.source, unit.index)
+    if receipt_at.exists():
+        done = PartReceipt.load(receipt_at)
+        if done.fingerprint == spec.fingerprint():
+            return done
+
+    started = time.perf_counter()
+    target = part_location(stage_dir, unit.source, unit.index)
+    steps = list(spec.steps())
+    receipt = PartReceipt(
+        source=unit.source,
+        index=unit.index,
+        path=target.uri,
+        input=unit.input.uri if unit.input else None,
+        fingerprint=spec.fingerprint(),
+    )
+    dropped: dict[str, int] = {}
+    text_chars = 0
+    with (
+        ShardWriter(target, spec.extra_columns) as writer,
+        QuarantineWriter(quarantine_location(stage_dir, unit.source, unit.index)) as quarantine,
+    ):
+        for batch in batched(spec.reader.read(unit), BATCH_SIZE):
+            receipt.docs_in += len(batch)
+            docs: list[Document] = []
+            for item in batch:
+                if isinstance(item, BadRecord):
+                    quarantine.add(item)
+                else:
+                    docs.append(item)
+            for kept in _apply_steps(steps, docs, quarantine, dropped):
+                writer.write(kept)
+                text_chars += len(kept.text)
+        receipt.quarantined = quarantine.count
+    receipt.kept = writer.rows
+    receipt.rows = writer.rows
+    receipt.dropped = dict(sorted(dropped.items()))
+    receipt.text_chars = text_chars
+    receipt.bytes = target.size()
+    receipt.sha256 = sha256_of(target)
+    receipt.steps = {step.name: step.stats.as_dict() for step in steps}
+    receipt.wall_seconds = round(time.perf_counter() - started, 6)
+    receipt.save(receipt_at)
+    return receipt
+
+
+def _apply_steps(
+    steps: Sequence[Step], docs: list[Document], quarantine: QuarantineWriter, dropped: dict[str, int]
+) -> list[Document]:
+    for step in steps:
+        if not docs:
+            break
+        try:
+            results = step.run(docs)
+        except Exception:
+            results = _run_one_by_one(step, docs, quarantine)
+        docs = []
+        for result in results:
+            if isinstance(result, Drop):
+                dropped[result.reason] = dropped.get(result.reason, 0) + 1
+            elif result is not None:
+                docs.append(result)
+    return docs
+
+
+def _run_one_by_one(step: Step, docs: list[Document], quarantine: QuarantineWriter) -> list[Document | Drop | None]:
+    """A batch raised: find the documents that fail, quarantine them, keep the rest going."""
+    results: list[Document | Drop | None] = []
+    for doc in docs:
+        try:
+            results.extend(step.run([doc]))
+        except Exception as exc:
+            quarantine.add(
+                BadRecord(
+                    locator=f"{doc.id} (step {step.name})",
+                    error=f"{type(exc).__name__}: {exc}",
+                    raw=json.dumps({"id": doc.id, "text": doc.text, "meta": doc.meta}, ensure_ascii=False),
+                )
+            )
+            results.append(None)
+    return results
+
+
+def stage_is_complete(spec: StageSpec) -> bool:
+    marker = spec.stage_dir.join(SUCCESS)
+    return marker.exists() and marker.read_json().get("fingerprint") == spec.fingerprint()
+
+
+def write_manifest(
+    spec: StageSpec, inputs: Sequence[InputFile], receipts: Sequence[PartReceipt], wall_seconds: float
+) -> dict[str, Any]:
+    receipts = sorted(receipts, key=lambda r: (r.source, r.index))
+    manifest = {
+        "stage": spec.name,
+        "stage_dir": spec.stage_dir.uri,
+        "fingerprint": spec.fingerprint(),
+        "parameters": spec.parameters,
+        "code_version": code_version(),
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_seconds": round(wall_seconds, 3),
+        "inputs": [asdict(i) for i in inputs],
+        "parts": [asdict(r) for r in receipts],
+        "totals": summarise(list(receipts)),
+    }
+    write_json_atomic(spec.stage_dir.join(MANIFEST), manifest)
+    write_json_atomic(
+        spec.stage_dir.join(SUCCESS),
+        {"fingerprint": spec.fingerprint(), "finished_at": manifest["finished_at"]},
+    )
+    return manifest
+
+
+def load_manifest(spec: StageSpec) -> dict[str, Any]:
+    return spec.stage_dir.join(MANIFEST).read_json()
+
+
+def run_stage(
+    spec: StageSpec,
+    units: Sequence[ShardUnit],
+    on_part_done: Callable[[PartReceipt], None] | None = None,
+) -> dict[str, Any]:
+    """Run every unit as a Ray task (finished parts are skipped) and write the manifest.
+
+    A stage already completed with the same parameters returns its manifest without any work.
+    """
+    if stage_is_complete(spec):
+        return load_manifest(spec)
+    indices = [(u.source, u.index) for u in units]
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"stage {spec.name}: two units write the same part")
+
+    import ray
+
+    from infra.ray_env import ensure_ray
+
+    ensure_ray()
+    started = time.perf_counter()
+    # Retries cover a worker that died; the unit's own receipt makes the retry skip finished work.
+    run_remote = ray.remote(run_shard).options(max_retries=2, retry_exceptions=[OSError])
+    spec_ref = ray.put(spec)
+    pending = [run_remote.remote(spec_ref, unit) for unit in units]
+    receipts: list[PartReceipt] = []
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        receipt = ray.get(done[0])
+        receipts.append(receipt)
+        if on_part_done is not None:
+            on_part_done(receipt)
+    inputs = [u.input for u in units if u.input is not None]
+    return write_manifest(spec, inputs, receipts, time.perf_counter() - started)
