@@ -30,7 +30,7 @@ from tasks.shards import (
     summarise,
 )
 from tasks.steps import Drop, Step, batched
-from tasks.storage import Location, resolve, sha256_of, write_json_atomic
+from tasks.storage import Location, remove_temporaries, resolve, sha256_of, write_json_atomic
 from tasks.version import code_version
 
 BATCH_SIZE = 256
@@ -226,6 +226,8 @@ def run_stage(
     from infra.ray_env import ensure_ray
 
     ensure_ray()
+    # No writer of this stage runs yet: any temporary file is the remains of a killed one.
+    remove_temporaries(spec.stage_dir)
     started = time.perf_counter()
     # Retries cover a worker that died; the unit's own receipt makes the retry skip finished work.
     run_remote = ray.remote(run_shard).options(max_retries=2, retry_exceptions=[OSError])

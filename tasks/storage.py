@@ -89,6 +89,20 @@ class Location:
             self.fs.delete_dir(self.path)
 
 
+TEMP_PREFIX = "_tmp."
+
+
+def remove_temporaries(folder: Location) -> int:
+    """Delete half-written files a killed writer left under ``folder``; return how many."""
+    if not folder.exists():
+        return 0
+    infos = folder.fs.get_file_info(pafs.FileSelector(folder.path, recursive=True))
+    stale = [i.path for i in infos if i.type == pafs.FileType.File and i.base_name.startswith(TEMP_PREFIX)]
+    for path in stale:
+        folder.fs.delete_file(path)
+    return len(stale)
+
+
 def resolve(uri: str | os.PathLike[str]) -> Location:
     """Turn a local path or a URI into a :class:`Location`.
 
@@ -111,7 +125,7 @@ def atomic_output(target: Location) -> Iterator[Any]:
     """Yield a writable stream; the target appears, complete, only when the block exits cleanly."""
     parent = Location(target.fs, posixpath.dirname(target.path), posixpath.dirname(target.uri))
     parent.makedirs()
-    temp = parent.join(f"_tmp.{target.name}.{uuid.uuid4().hex}")
+    temp = parent.join(f"{TEMP_PREFIX}{target.name}.{uuid.uuid4().hex}")
     try:
         with target.fs.open_output_stream(temp.path) as stream:
             yield stream

@@ -1,0 +1,61 @@
+"""The remote-URI path: pyarrow's real S3 client against an S3 API server on 127.0.0.1 (moto)."""
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.shards import MANIFEST, SUCCESS
+from tasks.stage import ShardUnit, run_shard, stage_is_complete, write_manifest
+from tasks.storage import resolve
+from tasks.validate import check_part, check_stage_level
+from tests.tasks.test_stage import make_spec, make_units
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        for name, value in {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
+            monkeypatch.setenv(name, value)
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="llamaline")
+        yield "s3://llamaline"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_stage_on_s3_writes_validates_and_skips(tmp_path, s3_server):
+    spec = make_spec(f"{s3_server}/runs")
+    units = make_units(tmp_path, files=2)
+    receipts = [run_shard(spec, unit) for unit in units]
+    manifest = write_manifest(spec, [u.input for u in units], receipts, wall_seconds=0.0)
+    stage_dir = resolve(f"{s3_server}/runs/ingest")
+    assert manifest["stage_dir"] == "s3://llamaline/runs/ingest"
+    assert stage_dir.join(MANIFEST).exists() and stage_dir.join(SUCCESS).exists()
+    assert [p.name for p in stage_dir.join("c4").list_files()] == ["part-00000.parquet", "part-00001.parquet"]
+    assert all(check_part(stage_dir.uri, p).problems == [] for p in manifest["parts"])
+    assert check_stage_level(stage_dir, manifest) == []
+    assert stage_is_complete(spec)
+    assert run_shard(spec, ShardUnit("c4", 0, units[0].input)) == receipts[0]  # receipt found: skipped

@@ -1,0 +1,168 @@
+"""The stage contract: atomic parts, reconciled counts, quarantine, skip-completed reruns."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.documents import Document
+from tasks.shards import PartReceipt, part_location, quarantine_location, receipt_location
+from tasks.sources.jsonl import JsonlReader
+from tasks.stage import InputFile, ShardUnit, StageSpec, run_shard, run_stage
+from tasks.steps import Drop, MinLength, Step
+from tasks.validate import check_part, check_stage_level
+from tests.helpers import doc_line, write_jsonl_gz
+
+
+class RejectsPoison(Step):
+    """Raises on documents containing 'poison': a bug in a step must not lose the batch."""
+
+    name = "poison"
+
+    def apply(self, doc):
+        if "poison" in doc.text:
+            raise ValueError("cannot handle poison")
+        return doc
+
+
+def make_spec(root, min_chars=100, name="ingest"):
+    return StageSpec(
+        root=str(root),
+        name=name,
+        reader=JsonlReader(),
+        steps=lambda: [MinLength(min_chars), RejectsPoison()],
+        parameters={"min_chars": min_chars},
+    )
+
+
+def make_units(tmp_path, files=3, per_file=30):
+    units = []
+    for f in range(files):
+        lines = [doc_line(f * 1000 + n, words=5 if n % 7 == 0 else 60) for n in range(per_file)]
+        lines[3] = b"not json"
+        lines[5] = {"url": f"poison-{f}", "text": "poison " * 50}
+        path = write_jsonl_gz(tmp_path / "raw" / f"in-{f}.jsonl.gz", lines)
+        units.append(ShardUnit("c4", f, InputFile.describe(str(path))))
+    return units
+
+
+def test_counts_reconcile_and_every_record_lands_once(tmp_path):
+    spec = make_spec(tmp_path / "out")
+    (unit,) = make_units(tmp_path, files=1)
+    receipt = run_shard(spec, unit)
+    # 30 lines: 1 invalid JSON + 1 poisoned (quarantined), 5 short (n % 7 == 0, n != 0..: 0,7,14,21,28)
+    assert receipt.docs_in == 30
+    assert receipt.quarantined == 2
+    assert receipt.dropped == {"min_length:too_short": 5}
+    assert receipt.kept == receipt.rows == 23
+    table = pq.read_table(part_location(spec.stage_dir, "c4", 0).path)
+    assert table.num_rows == 23 and table.column_names == ["id", "source", "text", "meta"]
+    quarantined = [json.loads(l) for l in open(quarantine_location(spec.stage_dir, "c4", 0).path)]
+    assert [q["error"] for q in quarantined][1] == "ValueError: cannot handle poison"
+    assert quarantined[0]["locator"].endswith("in-0.jsonl.gz:line 4")
+    assert quarantined[0]["raw"] == "not json\n"
+    assert receipt.steps["min_length"]["dropped"] == {"min_length:too_short": 5}
+
+
+def test_receipt_refuses_counts_that_do_not_reconcile(tmp_path):
+    receipt = PartReceipt("c4", 0, "p", None, docs_in=10, kept=5, rows=5, dropped={"x": 3}, quarantined=1)
+    with pytest.raises(ValueError, match="do not reconcile"):
+        receipt.save(receipt_location(make_spec(tmp_path).stage_dir, "c4", 0))
+
+
+def test_stage_manifest_and_validation(tmp_path, ray_local):
+    spec = make_spec(tmp_path / "out")
+    manifest = run_stage(spec, make_units(tmp_path))
+    totals = manifest["totals"]
+    assert totals["docs_in"] == 90
+    assert totals["docs_in"] == totals["kept"] + totals["dropped_total"] + totals["quarantined"]
+    assert [i["sha256"] for i in manifest["inputs"]] == [InputFile.describe(i["uri"]).sha256 for i in manifest["inputs"]]
+    assert manifest["code_version"]["package"] == "0.1.0"
+    stage_dir = spec.stage_dir
+    assert all(not p for c in [check_part(stage_dir.uri, p) for p in manifest["parts"]] for p in c.problems)
+    assert check_stage_level(stage_dir, manifest) == []
+
+    # Tampering is caught: a rewritten part, an unlisted part, a quarantine line lost.
+    part0 = part_location(stage_dir, "c4", 0).path
+    table = pq.read_table(part0)
+    pq.write_table(table.slice(1), part0, compression="zstd")
+    problems = check_part(stage_dir.uri, manifest["parts"][0]).problems
+    assert any("sha256 differs" in p for p in problems) and any("22 rows, manifest says 23" in p for p in problems)
+    pq.write_table(table, part_location(stage_dir, "c4", 7).path)
+    assert any("part-00007.parquet: part not listed" in p for p in check_stage_level(stage_dir, manifest))
+    quarantine = quarantine_location(stage_dir, "c4", 1).path
+    lines = open(quarantine).readlines()
+    open(quarantine, "w").writelines(lines[1:])
+    assert any("1 quarantined records, manifest says 2" in p for p in check_part(stage_dir.uri, manifest["parts"][1]).problems)
+
+
+def test_rerun_skips_completed_parts_and_redoes_the_rest(tmp_path, ray_local):
+    spec = make_spec(tmp_path / "out")
+    units = make_units(tmp_path)
+    first = run_stage(spec, units)
+    stage_dir = spec.stage_dir
+    stamps = {u.index: os.stat(part_location(stage_dir, "c4", u.index).path).st_mtime_ns for u in units}
+
+    assert run_stage(spec, units) == first  # finished stage: nothing runs
+
+    # A lost completion marker and receipt: only that part is redone, to the same bytes.
+    os.remove(stage_dir.join("_SUCCESS").path)
+    os.remove(receipt_location(stage_dir, "c4", 1).path)
+    second = run_stage(spec, units)
+    after = {u.index: os.stat(part_location(stage_dir, "c4", u.index).path).st_mtime_ns for u in units}
+    assert after[0] == stamps[0] and after[2] == stamps[2]
+    assert after[1] != stamps[1]
+    assert [p["sha256"] for p in second["parts"]] == [p["sha256"] for p in first["parts"]]
+
+    # Other parameters: every part is redone.
+    changed = run_stage(make_spec(tmp_path / "out", min_chars=10), units)
+    assert changed["totals"]["dropped_total"] == 0
+    assert all(os.stat(part_location(stage_dir, "c4", u.index).path).st_mtime_ns != after[u.index] for u in units)
+
+
+def test_same_inputs_give_byte_identical_parts(tmp_path, ray_local):
+    units = make_units(tmp_path)
+    a = run_stage(make_spec(tmp_path / "a"), units)
+    b = run_stage(make_spec(tmp_path / "b"), units)
+    assert [p["sha256"] for p in a["parts"]] == [p["sha256"] for p in b["parts"]]
+
+
+KILLED_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from tasks.documents import Document
+    from tasks.shards import ShardWriter, part_location
+    from tasks.storage import resolve
+    target = part_location(resolve(sys.argv[1]), "c4", 0)
+    with ShardWriter(target, row_group_rows=100) as writer:
+        for n in range(1000):
+            writer.write(Document(f"id{n}", "c4", "text " * 50))
+        print("row groups written", flush=True)
+        time.sleep(120)
+    """
+)
+
+
+def test_writer_killed_mid_shard_leaves_no_visible_part(tmp_path, ray_local):
+    stage_root = tmp_path / "out" / "ingest"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(stage_root)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "row groups written"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    leftovers = sorted(p.name for p in (stage_root / "c4").iterdir())
+    assert len(leftovers) == 1 and leftovers[0].startswith("_tmp.part-00000.parquet.")
+    assert (stage_root / "c4" / leftovers[0]).stat().st_size > 0  # it had written data
+    assert not (stage_root / "c4" / "part-00000.parquet").exists()
+
+    # The rerun of the stage writes the part whole and removes the remains.
+    spec = make_spec(tmp_path / "out")
+    (unit,) = make_units(tmp_path, files=1)
+    run_stage(spec, [unit])
+    assert sorted(p.name for p in (stage_root / "c4").iterdir()) == ["part-00000.parquet"]
