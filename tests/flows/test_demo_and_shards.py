@@ -1,0 +1,74 @@
+"""The demo and shards flows against a real Prefect API and a real local Ray."""
+
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+
+from flows.demo import DemoConfig, demo
+from flows.shards import ShardsConfig, StageInvalid, shards
+
+
+def _artifacts(keys, flow_run_id=None):
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])) if flow_run_id else None,
+        )
+
+
+@pytest.fixture(scope="module")
+def demo_stage(tmp_path_factory, prefect_api, ray_local):
+    root = tmp_path_factory.mktemp("demo")
+    state = demo(DemoConfig(data_root=str(root), files=3, docs_per_file=120, seed=7), return_state=True)
+    assert state.is_completed(), state.message
+    return state.result(), state.state_details.flow_run_id, root
+
+
+def test_demo_flow_ingests_and_validates(demo_stage):
+    report, flow_run_id, root = demo_stage
+    assert report["valid"] and report["problems"] == []
+    stats = report["by_source"]["synthetic"]
+    assert stats["parts"] == 3
+    assert stats["docs_in"] == 360 == stats["kept"] + stats["dropped"] + stats["quarantined"]
+    assert stats["quarantined"] > 0 and stats["dropped"] > 0
+    assert stats["min_chars"] >= 200  # the demo's MinLength(200) held
+    kinds = {a.key: a.type for a in _artifacts(["demo-ingest", "shards-ingest", "shards-ingest-summary"])}
+    assert kinds == {"demo-ingest": "table", "shards-ingest": "table", "shards-ingest-summary": "markdown"}
+
+
+def test_demo_rerun_gives_identical_shards(tmp_path, prefect_api, ray_local):
+    config = DemoConfig(data_root=str(tmp_path), files=2, docs_per_file=50, seed=3)
+
+    def parts(report):
+        return [(p["path"], open(p["path"], "rb").read()) for p in report["parts"]]
+
+    first = parts(demo(config))
+    shutil.rmtree(tmp_path / "demo" / "ingest")
+    assert parts(demo(config)) == first
+
+
+def test_shards_flow_fails_on_a_corrupted_stage_and_names_the_file(demo_stage, tmp_path):
+    report, _, root = demo_stage
+    stage = tmp_path / "ingest"
+    shutil.copytree(root / "demo" / "ingest", stage)
+    # The manifest lists absolute paths of the original stage: point the copy's manifest at the copy.
+    manifest_text = (stage / "_manifest.json").read_text().replace(str(root / "demo" / "ingest"), str(stage))
+    (stage / "_manifest.json").write_text(manifest_text)
+    assert shards(ShardsConfig(stage_dir=str(stage)))["valid"]
+
+    part = stage / "synthetic" / "part-00001.parquet"
+    pq.write_table(pq.read_table(part).slice(0, 5), part, compression="zstd")
+    with pytest.raises(StageInvalid, match="part-00001.parquet: size"):
+        shards(ShardsConfig(stage_dir=str(stage)))
+    summary = _artifacts(["shards-ingest-summary"])
+    assert any("INVALID" in (a.data or "") for a in summary)
+
+
+def test_shards_flow_on_a_folder_without_manifest(tmp_path, prefect_api, ray_local):
+    state = shards(ShardsConfig(stage_dir=str(tmp_path)), return_state=True)
+    assert state.is_failed()
+    with pytest.raises(FileNotFoundError, match="no manifest"):
+        state.result()
