@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -16,6 +17,8 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 import pyarrow as pa
+from rich.console import Console
+from rich.progress import Progress
 
 from tasks.documents import BadRecord, Document
 from tasks.shards import (
@@ -234,11 +237,15 @@ def run_stage(
     spec_ref = ray.put(spec)
     pending = [run_remote.remote(spec_ref, unit) for unit in units]
     receipts: list[PartReceipt] = []
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        receipt = ray.get(done[0])
-        receipts.append(receipt)
-        if on_part_done is not None:
-            on_part_done(receipt)
+    # A progress bar where a person watches (the CLI); workers and CI logs get the callback only.
+    with Progress(console=Console(stderr=True), disable=not sys.stderr.isatty(), transient=True) as progress:
+        bar = progress.add_task(f"{spec.name}: parts", total=len(pending))
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            receipt = ray.get(done[0])
+            receipts.append(receipt)
+            progress.advance(bar)
+            if on_part_done is not None:
+                on_part_done(receipt)
     inputs = [u.input for u in units if u.input is not None]
     return write_manifest(spec, inputs, receipts, time.perf_counter() - started)
