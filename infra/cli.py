@@ -50,11 +50,15 @@ def shards(
 ) -> None:
     """Validate a stage folder against its manifest and print its statistics (the `shards` flow).
 
-    Exit code 0: valid; 1: problems found (listed); 2: usage error.
+    Exit code 0: valid; 1: problems found (listed); 2: no stage there, or a bad argument.
     """
     from flows.shards import ShardsConfig, shards as shards_flow
 
-    report = shards_flow(ShardsConfig(stage_dir=stage_dir, fail_on_problems=False))
+    try:
+        report = shards_flow(ShardsConfig(stage_dir=stage_dir, fail_on_problems=False))
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error[/red] {exc}")
+        raise typer.Exit(code=2) from exc
     if as_json:
         print(json.dumps(report, indent=2))
     else:

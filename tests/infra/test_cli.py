@@ -1,0 +1,58 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from infra.cli import app
+from tasks.shards import part_location
+from tasks.stage import run_stage
+from tests.tasks.test_stage import make_spec, make_units
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("command", [[], ["up"], ["status"], ["down"], ["demo"], ["shards"]])
+def test_every_command_has_help(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_bad_option_type_is_a_usage_error():
+    result = runner.invoke(app, ["demo", "--files", "many"])
+    assert result.exit_code == 2
+    assert "Error" in result.output and "--help" in result.output
+
+
+def llamaline(*args: str) -> subprocess.CompletedProcess:
+    """The installed console script, on the session's Prefect API and Ray (no servers of its own)."""
+    import ray
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    script = Path(sys.executable).parent / "llamaline"
+    return subprocess.run([str(script), *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_shards_command_exit_codes(tmp_path, prefect_api, ray_local):
+    spec = make_spec(tmp_path / "out")
+    run_stage(spec, make_units(tmp_path, files=2))
+    ok = llamaline("shards", spec.stage_dir.uri)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "valid" in ok.stdout and "min_length:too_short" in ok.stdout
+
+    part = part_location(spec.stage_dir, "c4", 1).path
+    pq.write_table(pq.read_table(part).slice(0, 3), part)
+    bad = llamaline("shards", "--json", spec.stage_dir.uri)
+    assert bad.returncode == 1
+    report = json.loads(bad.stdout)
+    assert not report["valid"] and any("part-00001.parquet" in p for p in report["problems"])
+
+    missing = llamaline("shards", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2
+    assert "no manifest" in missing.stdout
