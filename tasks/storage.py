@@ -113,6 +113,12 @@ def resolve(uri: str | os.PathLike[str]) -> Location:
     if "://" not in text or text.startswith("file://"):
         path = os.path.abspath(text.removeprefix("file://"))
         return Location(pafs.LocalFileSystem(), path, path)
+    if text.startswith(("http://", "https://")):
+        # Read-only inputs (Common Crawl listings and files): fsspec's HTTP client, streamed.
+        from fsspec.implementations.http import HTTPFileSystem
+
+        fs = pafs.PyFileSystem(pafs.FSSpecHandler(HTTPFileSystem(block_size=8 << 20)))
+        return Location(fs, text, text)
     try:
         fs, path = pafs.FileSystem.from_uri(text)
     except Exception as exc:  # pyarrow raises several types for unsupported or malformed URIs

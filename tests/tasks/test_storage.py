@@ -1,6 +1,11 @@
+import functools
+import hashlib
+import http.server
+import threading
+
 import pytest
 
-from tasks.storage import atomic_output, remove_temporaries, resolve, write_json_atomic
+from tasks.storage import atomic_output, remove_temporaries, resolve, sha256_of, write_json_atomic
 
 
 def test_atomic_output_publishes_only_on_success(tmp_path):
@@ -34,3 +39,18 @@ def test_json_round_trip(tmp_path):
     target = resolve(tmp_path / "m.json")
     write_json_atomic(target, {"b": [1, 2], "a": "é"})
     assert target.read_json() == {"a": "é", "b": [1, 2]}
+
+
+def test_http_inputs_stream_from_a_server(tmp_path):
+    (tmp_path / "listing.txt").write_bytes(b"a\nb\n" * 1000)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        location = resolve(f"http://127.0.0.1:{server.server_address[1]}/listing.txt")
+        assert location.size() == 4000
+        with location.open_input() as f:
+            assert f.read() == b"a\nb\n" * 1000
+        assert sha256_of(location) == hashlib.sha256(b"a\nb\n" * 1000).hexdigest()
+    finally:
+        server.shutdown()
