@@ -61,9 +61,13 @@ class ShardUnit:
 
 
 class Reader(Protocol):
-    """Turns one shard unit's input into documents, or bad records for the quarantine."""
+    """Turns one shard unit's input into documents.
 
-    def read(self, unit: ShardUnit) -> Iterator[Document | BadRecord]: ...
+    Every input record yields exactly one item: a Document, a Drop with its reason (a record the
+    source's rules exclude: a redirect, a non-article page), or a BadRecord for the quarantine.
+    """
+
+    def read(self, unit: ShardUnit) -> Iterator[Document | Drop | BadRecord]: ...
 
 
 @dataclass
@@ -121,6 +125,8 @@ def run_shard(spec: StageSpec, unit: ShardUnit) -> PartReceipt:
             for item in batch:
                 if isinstance(item, BadRecord):
                     quarantine.add(item)
+                elif isinstance(item, Drop):
+                    dropped[item.reason] = dropped.get(item.reason, 0) + 1
                 else:
                     docs.append(item)
             for kept in _apply_steps(steps, docs, quarantine, dropped):
