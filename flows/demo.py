@@ -15,6 +15,7 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 from pydantic import BaseModel, Field
 
 from flows.shards import ShardsConfig, shards
+from infra.ray_env import ensure_ray
 from infra.settings import default_data_root
 from tasks.demo_corpus import write_demo_corpus
 from tasks.sources.jsonl import JsonlReader
@@ -48,6 +49,7 @@ def describe_input(uri: str, size: int, mtime_ns: int) -> InputFile:
 @task
 def ingest(config: DemoConfig, inputs: list[InputFile]) -> dict[str, Any]:
     logger = get_run_logger()
+    logger.info("ingesting on %s", ensure_ray())
     spec = StageSpec(
         root=resolve(config.data_root).join("demo").uri,
         name="ingest",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +27,20 @@ app.command()(stack.status)
 app.command()(stack.down)
 
 
+def use_running_stack() -> None:
+    """Send this command's flow runs to the stack `llamaline up` started, when one runs here.
+
+    Variables the user set win; without a stack, flows use a temporary Prefect server and a
+    private local Ray.
+    """
+    env = stack.running_stack_env(Path(os.environ.get("LLAMALINE_STATE_DIR", ".llamaline")))
+    if env is None:
+        return
+    for key, value in env.items():
+        os.environ.setdefault(key, value)
+    console.print(f"using the running stack: Prefect {os.environ['PREFECT_API_URL']}, Ray {os.environ['RAY_ADDRESS']}")
+
+
 @app.command()
 def demo(
     data_root: Annotated[Path, typer.Option(help="Where the demo writes its corpus and shards")] = Path("data"),
@@ -34,6 +49,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic corpus")] = 0,
 ) -> None:
     """Generate a synthetic corpus, ingest it into shards on Ray and validate them (the `demo` flow)."""
+    use_running_stack()
     from flows.demo import DemoConfig, demo as demo_flow
 
     config = DemoConfig(data_root=str(data_root.resolve()), files=files, docs_per_file=docs_per_file, seed=seed)
@@ -52,6 +68,7 @@ def shards(
 
     Exit code 0: valid; 1: problems found (listed); 2: no stage there, or a bad argument.
     """
+    use_running_stack()
     from flows.shards import ShardsConfig, shards as shards_flow
 
     try:

@@ -23,6 +23,8 @@ from rich.progress import Progress
 from tasks.documents import BadRecord, Document
 from tasks.shards import (
     MANIFEST,
+    QUARANTINE,
+    RECEIPTS,
     SUCCESS,
     PartReceipt,
     QuarantineWriter,
@@ -182,33 +184,81 @@ def _run_one_by_one(step: Step, docs: list[Document], quarantine: QuarantineWrit
     return results
 
 
-def stage_is_complete(spec: StageSpec) -> bool:
+def _sources(units: Sequence[ShardUnit]) -> list[str]:
+    return sorted({u.source for u in units})
+
+
+def _completed(spec: StageSpec) -> dict[str, str]:
+    """Source -> fingerprint of its finished run, from the stage's completion marker."""
     marker = spec.stage_dir.join(SUCCESS)
-    return marker.exists() and marker.read_json().get("fingerprint") == spec.fingerprint()
+    return marker.read_json().get("fingerprints", {}) if marker.exists() else {}
+
+
+def stage_is_complete(spec: StageSpec, sources: Sequence[str]) -> bool:
+    done = _completed(spec)
+    return all(done.get(source) == spec.fingerprint() for source in sources)
+
+
+def _mark(spec: StageSpec, fingerprints: dict[str, str]) -> None:
+    write_json_atomic(spec.stage_dir.join(SUCCESS), {"fingerprints": dict(sorted(fingerprints.items()))})
 
 
 def write_manifest(
-    spec: StageSpec, inputs: Sequence[InputFile], receipts: Sequence[PartReceipt], wall_seconds: float
+    spec: StageSpec, units: Sequence[ShardUnit], receipts: Sequence[PartReceipt], wall_seconds: float
 ) -> dict[str, Any]:
-    receipts = sorted(receipts, key=lambda r: (r.source, r.index))
+    """Record this run's sources in the stage manifest, keeping the other sources' records.
+
+    A stage holds several sources, often written by separate runs (one ingest run per source):
+    each run replaces its own sources' parts and run record and leaves the others as they were.
+    """
+    sources = _sources(units)
+    previous = spec.stage_dir.join(MANIFEST)
+    before = previous.read_json() if previous.exists() else {"runs": {}, "parts": []}
+    finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    runs = {k: v for k, v in before["runs"].items() if k not in sources}
+    for source in sources:
+        runs[source] = {
+            "fingerprint": spec.fingerprint(),
+            "parameters": spec.parameters,
+            "code_version": code_version(),
+            "finished_at": finished_at,
+            "wall_seconds": round(wall_seconds, 3),
+            "inputs": [asdict(u.input) for u in units if u.source == source and u.input is not None],
+        }
+    parts = [p for p in before["parts"] if p["source"] not in sources]
+    parts += [asdict(r) for r in receipts]
+    parts.sort(key=lambda p: (p["source"], p["index"]))
     manifest = {
         "stage": spec.name,
         "stage_dir": spec.stage_dir.uri,
-        "fingerprint": spec.fingerprint(),
-        "parameters": spec.parameters,
-        "code_version": code_version(),
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "wall_seconds": round(wall_seconds, 3),
-        "inputs": [asdict(i) for i in inputs],
-        "parts": [asdict(r) for r in receipts],
-        "totals": summarise(list(receipts)),
+        "runs": dict(sorted(runs.items())),
+        "parts": parts,
+        "totals": summarise([PartReceipt(**p) for p in parts]),
     }
-    write_json_atomic(spec.stage_dir.join(MANIFEST), manifest)
-    write_json_atomic(
-        spec.stage_dir.join(SUCCESS),
-        {"fingerprint": spec.fingerprint(), "finished_at": manifest["finished_at"]},
-    )
+    write_json_atomic(previous, manifest)
+    _mark(spec, {source: run["fingerprint"] for source, run in runs.items()})
     return manifest
+
+
+def _forget(spec: StageSpec, units: Sequence[ShardUnit]) -> None:
+    """Before a run rewrites its sources: unmark them, and delete their parts this run will not write.
+
+    Unmarking first means a run that dies half-way never leaves a source marked finished over parts
+    that a different run changed.
+    """
+    sources = _sources(units)
+    done = _completed(spec)
+    if any(source in done for source in sources):
+        _mark(spec, {k: v for k, v in done.items() if k not in sources})
+    keep = {(u.source, u.index) for u in units}
+    for source in sources:
+        for folder, suffix in ((spec.stage_dir.join(source), ".parquet"),
+                               (spec.stage_dir.join(RECEIPTS, source), ".json"),
+                               (spec.stage_dir.join(QUARANTINE, source), ".jsonl")):
+            for stale in folder.list_files(suffix):
+                index = int(stale.name.removeprefix("part-").split(".")[0])
+                if (source, index) not in keep:
+                    stale.delete()
 
 
 def load_manifest(spec: StageSpec) -> dict[str, Any]:
@@ -224,7 +274,7 @@ def run_stage(
 
     A stage already completed with the same parameters returns its manifest without any work.
     """
-    if stage_is_complete(spec):
+    if stage_is_complete(spec, _sources(units)):
         return load_manifest(spec)
     indices = [(u.source, u.index) for u in units]
     if len(set(indices)) != len(indices):
@@ -237,6 +287,7 @@ def run_stage(
     ensure_ray()
     # No writer of this stage runs yet: any temporary file is the remains of a killed one.
     remove_temporaries(spec.stage_dir)
+    _forget(spec, units)
     started = time.perf_counter()
     # Retries cover a worker that died; the unit's own receipt makes the retry skip finished work.
     run_remote = ray.remote(run_shard).options(max_retries=2, retry_exceptions=[OSError])
@@ -253,5 +304,4 @@ def run_stage(
             progress.advance(bar)
             if on_part_done is not None:
                 on_part_done(receipt)
-    inputs = [u.input for u in units if u.input is not None]
-    return write_manifest(spec, inputs, receipts, time.perf_counter() - started)
+    return write_manifest(spec, units, receipts, time.perf_counter() - started)

@@ -103,8 +103,11 @@ def check_stage_level(stage_dir: Location, manifest: dict[str, Any]) -> list[str
     marker = stage_dir.join(SUCCESS)
     if not marker.exists():
         problems.append(f"{marker.uri}: completion marker missing: the stage did not finish")
-    elif marker.read_json().get("fingerprint") != manifest.get("fingerprint"):
-        problems.append(f"{marker.uri}: completion marker belongs to another run than {MANIFEST}")
+    else:
+        marked = marker.read_json().get("fingerprints", {})
+        for source, run in manifest["runs"].items():
+            if marked.get(source) != run["fingerprint"]:
+                problems.append(f"{marker.uri}: source {source!r} is not marked finished by the run in {MANIFEST}")
     receipts = [PartReceipt(**p) for p in manifest["parts"]]
     recomputed = summarise(receipts)
     if recomputed != manifest["totals"]:

@@ -50,12 +50,12 @@ def test_stage_on_s3_writes_validates_and_skips(tmp_path, s3_server):
     spec = make_spec(f"{s3_server}/runs")
     units = make_units(tmp_path, files=2)
     receipts = [run_shard(spec, unit) for unit in units]
-    manifest = write_manifest(spec, [u.input for u in units], receipts, wall_seconds=0.0)
+    manifest = write_manifest(spec, units, receipts, wall_seconds=0.0)
     stage_dir = resolve(f"{s3_server}/runs/ingest")
     assert manifest["stage_dir"] == "s3://llamaline/runs/ingest"
     assert stage_dir.join(MANIFEST).exists() and stage_dir.join(SUCCESS).exists()
     assert [p.name for p in stage_dir.join("c4").list_files()] == ["part-00000.parquet", "part-00001.parquet"]
     assert all(check_part(stage_dir.uri, p).problems == [] for p in manifest["parts"])
     assert check_stage_level(stage_dir, manifest) == []
-    assert stage_is_complete(spec)
+    assert stage_is_complete(spec, ["c4"])
     assert run_shard(spec, ShardUnit("c4", 0, units[0].input)) == receipts[0]  # receipt found: skipped

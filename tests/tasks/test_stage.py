@@ -1,6 +1,7 @@
 """The stage contract: atomic parts, reconciled counts, quarantine, skip-completed reruns."""
 
 import json
+from dataclasses import dataclass
 import os
 import signal
 import subprocess
@@ -81,8 +82,9 @@ def test_stage_manifest_and_validation(tmp_path, ray_local):
     totals = manifest["totals"]
     assert totals["docs_in"] == 90
     assert totals["docs_in"] == totals["kept"] + totals["dropped_total"] + totals["quarantined"]
-    assert [i["sha256"] for i in manifest["inputs"]] == [InputFile.describe(i["uri"]).sha256 for i in manifest["inputs"]]
-    assert manifest["code_version"]["package"] == "0.1.0"
+    run = manifest["runs"]["c4"]
+    assert [i["sha256"] for i in run["inputs"]] == [InputFile.describe(i["uri"]).sha256 for i in run["inputs"]]
+    assert run["code_version"]["package"] == "0.1.0" and run["parameters"] == {"min_chars": 100}
     stage_dir = spec.stage_dir
     assert all(not p for c in [check_part(stage_dir.uri, p) for p in manifest["parts"]] for p in c.problems)
     assert check_stage_level(stage_dir, manifest) == []
@@ -123,6 +125,25 @@ def test_rerun_skips_completed_parts_and_redoes_the_rest(tmp_path, ray_local):
     changed = run_stage(make_spec(tmp_path / "out", min_chars=10), units)
     assert changed["totals"]["dropped_total"] == 0
     assert all(os.stat(part_location(stage_dir, "c4", u.index).path).st_mtime_ns != after[u.index] for u in units)
+
+
+def test_sources_written_by_separate_runs_share_the_stage(tmp_path, ray_local):
+    c4_units = make_units(tmp_path, files=3)
+    books_units = [ShardUnit("books", u.index, u.input) for u in c4_units[:2]]
+    run_stage(make_spec(tmp_path / "out"), c4_units)
+    both = run_stage(make_spec(tmp_path / "out"), books_units)
+    assert sorted(both["runs"]) == ["books", "c4"]
+    assert [(p["source"], p["index"]) for p in both["parts"]] == [("books", 0), ("books", 1), ("c4", 0), ("c4", 1), ("c4", 2)]
+    assert both["totals"]["by_source"]["c4"]["docs_in"] == 90
+    stage_dir = make_spec(tmp_path / "out").stage_dir
+    assert check_stage_level(stage_dir, both) == []
+
+    # Rerun c4 with fewer inputs and other parameters: its stale third part goes, books stay.
+    fewer = run_stage(make_spec(tmp_path / "out", min_chars=10), c4_units[:2])
+    assert [(p["source"], p["index"]) for p in fewer["parts"]] == [("books", 0), ("books", 1), ("c4", 0), ("c4", 1)]
+    assert not part_location(stage_dir, "c4", 2).exists() and not receipt_location(stage_dir, "c4", 2).exists()
+    assert fewer["runs"]["books"] == both["runs"]["books"]
+    assert check_stage_level(stage_dir, fewer) == []
 
 
 def test_same_inputs_give_byte_identical_parts(tmp_path, ray_local):
@@ -166,3 +187,16 @@ def test_writer_killed_mid_shard_leaves_no_visible_part(tmp_path, ray_local):
     (unit,) = make_units(tmp_path, files=1)
     run_stage(spec, [unit])
     assert sorted(p.name for p in (stage_root / "c4").iterdir()) == ["part-00000.parquet"]
+
+
+@dataclass(frozen=True)
+class EveryThirdIsARedirect:
+    def read(self, unit):
+        for n in range(10):
+            yield Drop("toy:redirect") if n % 3 == 0 else Document(f"toy-{n}", unit.source, "x" * 500)
+
+
+def test_reader_drops_are_counted_with_their_reason(tmp_path):
+    spec = StageSpec(root=str(tmp_path), name="ingest", reader=EveryThirdIsARedirect())
+    receipt = run_shard(spec, ShardUnit("toy", 0))
+    assert (receipt.docs_in, receipt.kept, receipt.dropped) == (10, 6, {"toy:redirect": 4})

@@ -1,0 +1,124 @@
+"""The real local stack through the installed `llamaline` command: up, a deployment run, status, down.
+
+The stack gets a temporary state dir and free ports, so it never meets a user's stack on the
+default ports; this test never imports Ray, so a local Ray of the test session does not matter.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+BIN = Path(sys.executable).parent
+LOOPBACK = "127.0.0.1"
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind((LOOPBACK, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without anything that would point at another stack or database."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("LLAMALINE_", "PREFECT_", "RAY_"))}
+    return {**env, **extra}
+
+
+def _run(*argv: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, env=env or _clean_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def _recorded(state_dir: Path) -> dict[str, dict]:
+    return json.loads((state_dir / "stack.json").read_text())["processes"]
+
+
+def _processes_in_groups(groups: set[int]) -> list[int]:
+    """Live (non-zombie) processes whose process group is one of ``groups``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if fields[0] not in ("Z", "X") and int(fields[2]) in groups:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(1)
+        return sock.connect_ex((LOOPBACK, port)) == 0
+
+
+def _api(api_url: str, path: str, body: dict) -> list[dict]:
+    response = httpx.post(f"{api_url}{path}", json=body, timeout=10)
+    response.raise_for_status()
+    return response.json()
+
+
+@pytest.mark.stack
+def test_up_run_a_deployment_status_down(tmp_path):
+    llamaline = str(BIN / "llamaline")
+    state_dir = tmp_path / "state"
+    prefect_port, ray_port, dashboard_port = _free_ports(3)
+    options = ["--state-dir", str(state_dir)]
+    api_url = f"http://{LOOPBACK}:{prefect_port}/api"
+    started: dict[str, dict] = {}
+    try:
+        up = _run(
+            llamaline, "up", *options, "--prefect-port", str(prefect_port), "--ray-port", str(ray_port),
+            "--dashboard-port", str(dashboard_port),
+        )
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"export RAY_ADDRESS={LOOPBACK}:{ray_port}" in up.stdout
+        assert httpx.get(f"{api_url}/health", timeout=10).status_code == 200
+        dashboard = f"http://{LOOPBACK}:{dashboard_port}/api/version"
+        token = (state_dir / "ray_auth_token").read_text().strip()
+        assert httpx.get(dashboard, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 200
+        assert httpx.get(dashboard, timeout=10).status_code == 401  # token auth is on
+        started = _recorded(state_dir)
+
+        prefect = str(BIN / "prefect")
+        run = _run(prefect, "deployment", "run", "demo/default", "--watch", env=_clean_env(PREFECT_API_URL=api_url))
+        assert run.returncode == 0, run.stdout + run.stderr
+        [flow_run] = _api(api_url, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"is_null_": False}}})
+        assert flow_run["state_type"] == "COMPLETED", flow_run["state"]
+        artifacts = _api(api_url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}})
+        assert artifacts, "the demo flow run created no artifact"
+        logs = _api(api_url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run["id"]]}}})
+        assert any(f"cluster at {LOOPBACK}:{ray_port}" in log["message"] for log in logs), "the run did not use the stack's Ray"
+
+        # The CLI finds the running stack by itself: its flow run lands on the same server.
+        stage = state_dir / "data" / "demo" / "ingest"
+        check = _run(llamaline, "shards", str(stage), env=_clean_env(LLAMALINE_STATE_DIR=str(state_dir)))
+        assert check.returncode == 0, check.stdout + check.stderr
+        assert f"using the running stack: Prefect {api_url}" in check.stdout
+        shards_runs = _api(api_url, "/flow_runs/filter", {"flows": {"name": {"any_": ["shards"]}}})
+        assert len(shards_runs) == 2, "the CLI's shards run (beside the demo's subflow) did not reach the stack"
+
+        again = _run(llamaline, "up", *options)
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert {name: record["pid"] for name, record in _recorded(state_dir).items()} == {
+            name: record["pid"] for name, record in started.items()
+        }
+        status = _run(llamaline, "status", *options)
+        assert status.returncode == 0, status.stdout + status.stderr
+    finally:
+        down = _run(llamaline, "down", *options)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert not _processes_in_groups({record["pgid"] for record in started.values()})
+    ports = [port for record in started.values() for port in record["ports"]]
+    assert ports and not [port for port in ports if _port_open(port)]
+    assert _run(llamaline, "status", *options).returncode == 3
