@@ -43,19 +43,45 @@ def use_running_stack() -> None:
 
 @app.command()
 def demo(
-    data_root: Annotated[Path, typer.Option(help="Where the demo writes its corpus and shards")] = Path("data"),
-    files: Annotated[int, typer.Option(min=1, help="Synthetic input files (one shard each)")] = 4,
-    docs_per_file: Annotated[int, typer.Option(min=1, help="Documents per input file")] = 400,
-    seed: Annotated[int, typer.Option(help="Seed of the synthetic corpus")] = 0,
+    data_root: Annotated[Path, typer.Option(help="Where the demo writes its inputs and shards")] = Path("data"),
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic inputs")] = 0,
+    source: Annotated[list[str] | None, typer.Option(help="Only these sources (repeatable; default: all)")] = None,
 ) -> None:
-    """Generate a synthetic corpus, ingest it into shards on Ray and validate them (the `demo` flow)."""
+    """Generate synthetic inputs for every source, ingest them on Ray and validate the shards (the `demo` flow)."""
     use_running_stack()
     from flows.demo import DemoConfig, demo as demo_flow
 
-    config = DemoConfig(data_root=str(data_root.resolve()), files=files, docs_per_file=docs_per_file, seed=seed)
+    config = DemoConfig(data_root=str(data_root.resolve()), seed=seed, **({"sources": source} if source else {}))
     report = demo_flow(config)
     _print_report(report)
     if not report["valid"]:
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Option(help="commoncrawl, c4, wikipedia, books or arxiv")],
+    input: Annotated[list[str], typer.Option("--input", help="File, folder or URI (repeatable)")],
+    output: Annotated[str, typer.Option(help="Data root: shards go to <output>/ingest/<source>")] = "data",
+    strict: Annotated[bool, typer.Option(help="Exit non-zero when any record was quarantined")] = False,
+) -> None:
+    """Ingest one source's raw files into document shards (the `ingest` flow).
+
+    Exit code 0: done; 1: the run failed (or, with --strict, records were quarantined); 2: bad arguments.
+    """
+    use_running_stack()
+    from pydantic import ValidationError
+
+    from flows.ingest import IngestConfig, ingest as ingest_flow
+
+    try:
+        config = IngestConfig(source=source, inputs=input, output=output if "://" in output else str(Path(output).resolve()), strict=strict)
+    except ValidationError as exc:
+        console.print(f"[red]error[/red] {exc.errors()[0]['msg']}")
+        raise typer.Exit(code=2) from exc
+    state = ingest_flow(config, return_state=True)
+    if not state.is_completed():
+        console.print(f"[red]failed[/red] {state.message}")
         raise typer.Exit(code=1)
 
 

@@ -142,6 +142,27 @@ def atomic_output(target: Location) -> Iterator[Any]:
         raise
 
 
+def expand_inputs(uris: list[str]) -> list[str]:
+    """Files named, and the visible files under folders named (recursively, sorted), in order."""
+    files: list[str] = []
+    for uri in uris:
+        location = resolve(uri)
+        info = location.fs.get_file_info(location.path)
+        if info.type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"input not found: {uri}")
+        if info.type != pafs.FileType.Directory:
+            files.append(uri)
+            continue
+        found = location.fs.get_file_info(pafs.FileSelector(location.path, recursive=True))
+        prefix = location.path.rstrip("/") + "/"
+        for entry in sorted(found, key=lambda e: e.path):
+            relative = entry.path.removeprefix(prefix)
+            hidden = any(part.startswith(HIDDEN_PREFIXES) for part in relative.split("/"))
+            if entry.type == pafs.FileType.File and not hidden:
+                files.append(location.join(*relative.split("/")).uri)
+    return files
+
+
 def write_json_atomic(target: Location, payload: Any) -> None:
     data = json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False).encode() + b"\n"
     with atomic_output(target) as stream:

@@ -1,8 +1,8 @@
-"""A small synthetic corpus in JSON lines, with the faults real inputs have.
+"""Synthetic C4 files (`c4-train.NNNNN-of-01024.json.gz`) with the faults real inputs have.
 
 Deterministic for a seed: the same call writes byte-identical files (gzip with a fixed mtime). About
-1 line in 50 is broken (invalid JSON, no text, a non-UTF-8 byte) and about 1 document in 10 is too
-short, so the demo exercises quarantine and drops as well as the happy path.
+1 line in 50 is broken (invalid JSON, no text, a non-UTF-8 byte) and about 1 document in 10 is a
+single sentence, so stages exercise quarantine and drops as well as the happy path.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import io
 import json
 import random
 
-from tasks.storage import Location, atomic_output
+from tasks.storage import atomic_output, resolve
 
 WORDS = (
     "the of and to in a is that for it as was with be by on not he this are or his from at which "
@@ -38,12 +38,14 @@ def _document_line(rng: random.Random, file_index: int, line_index: int) -> byte
         return json.dumps({"url": url, "text": "caf"}).encode()[:-2] + b'\xe9"}'
     sentences = 1 if rng.random() < 0.1 else rng.randint(4, 30)
     text = "\n".join(_sentence(rng) for _ in range(sentences))
-    record = {"url": url, "title": f"Document {file_index}-{line_index}", "language": "en", "text": text}
+    timestamp = f"2019-04-{1 + line_index % 28:02d}T{line_index % 24:02d}:00:00Z"
+    record = {"url": url, "text": text, "timestamp": timestamp}
     return json.dumps(record, ensure_ascii=False, sort_keys=True).encode()
 
 
-def write_demo_corpus(folder: Location, files: int, docs_per_file: int, seed: int) -> list[str]:
-    """Write ``files`` gzipped JSON-lines files; return their URIs in order."""
+def write_inputs(folder: str, seed: int = 0, files: int = 2, docs_per_file: int = 200) -> list[str]:
+    """Write ``files`` C4-style files under ``folder``; return their URIs in order."""
+    location = resolve(folder)
     uris = []
     for file_index in range(files):
         rng = random.Random(f"{seed}:{file_index}")
@@ -51,7 +53,7 @@ def write_demo_corpus(folder: Location, files: int, docs_per_file: int, seed: in
         compressed = io.BytesIO()
         with gzip.GzipFile(fileobj=compressed, mode="wb", mtime=0, filename="") as gz:
             gz.write(body)
-        target = folder.join(f"demo-{file_index:05d}.jsonl.gz")
+        target = location.join(f"c4-train.{file_index:05d}-of-01024.json.gz")
         with atomic_output(target) as stream:
             stream.write(compressed.getvalue())
         uris.append(target.uri)

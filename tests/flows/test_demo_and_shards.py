@@ -22,7 +22,7 @@ def _artifacts(keys, flow_run_id=None):
 @pytest.fixture(scope="module")
 def demo_stage(tmp_path_factory, prefect_api, ray_local):
     root = tmp_path_factory.mktemp("demo")
-    state = demo(DemoConfig(data_root=str(root), files=3, docs_per_file=120, seed=7), return_state=True)
+    state = demo(DemoConfig(data_root=str(root), seed=7, sources=["c4"]), return_state=True)
     assert state.is_completed(), state.message
     return state.result(), state.state_details.flow_run_id, root
 
@@ -30,17 +30,16 @@ def demo_stage(tmp_path_factory, prefect_api, ray_local):
 def test_demo_flow_ingests_and_validates(demo_stage):
     report, flow_run_id, root = demo_stage
     assert report["valid"] and report["problems"] == []
-    stats = report["by_source"]["synthetic"]
-    assert stats["parts"] == 3
-    assert stats["docs_in"] == 360 == stats["kept"] + stats["dropped"] + stats["quarantined"]
-    assert stats["quarantined"] > 0 and stats["dropped"] > 0
-    assert stats["min_chars"] >= 200  # the demo's MinLength(200) held
-    kinds = {a.key: a.type for a in _artifacts(["demo-ingest", "shards-ingest", "shards-ingest-summary"])}
-    assert kinds == {"demo-ingest": "table", "shards-ingest": "table", "shards-ingest-summary": "markdown"}
+    stats = report["by_source"]["c4"]
+    assert stats["parts"] == 2
+    assert stats["docs_in"] == 400 == stats["kept"] + stats["dropped"] + stats["quarantined"]
+    assert stats["quarantined"] > 0 and stats["kept"] > 300
+    kinds = {a.key: a.type for a in _artifacts(["ingest-c4", "shards-ingest", "shards-ingest-summary"])}
+    assert kinds == {"ingest-c4": "table", "shards-ingest": "table", "shards-ingest-summary": "markdown"}
 
 
 def test_demo_rerun_gives_identical_shards(tmp_path, prefect_api, ray_local):
-    config = DemoConfig(data_root=str(tmp_path), files=2, docs_per_file=50, seed=3)
+    config = DemoConfig(data_root=str(tmp_path), seed=3, sources=["c4"])
 
     def parts(report):
         return [(p["path"], open(p["path"], "rb").read()) for p in report["parts"]]
@@ -59,7 +58,7 @@ def test_shards_flow_fails_on_a_corrupted_stage_and_names_the_file(demo_stage, t
     (stage / "_manifest.json").write_text(manifest_text)
     assert shards(ShardsConfig(stage_dir=str(stage)))["valid"]
 
-    part = stage / "synthetic" / "part-00001.parquet"
+    part = stage / "c4" / "part-00001.parquet"
     pq.write_table(pq.read_table(part).slice(0, 5), part, compression="zstd")
     with pytest.raises(StageInvalid, match="part-00001.parquet: size"):
         shards(ShardsConfig(stage_dir=str(stage)))

@@ -16,7 +16,7 @@ from tests.tasks.test_stage import make_spec, make_units
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["up"], ["status"], ["down"], ["demo"], ["shards"]])
+@pytest.mark.parametrize("command", [[], ["up"], ["status"], ["down"], ["demo"], ["shards"], ["ingest"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -24,7 +24,7 @@ def test_every_command_has_help(command):
 
 
 def test_bad_option_type_is_a_usage_error():
-    result = runner.invoke(app, ["demo", "--files", "many"])
+    result = runner.invoke(app, ["demo", "--seed", "many"])
     assert result.exit_code == 2
     assert "Error" in result.output and "--help" in result.output
 

@@ -93,12 +93,23 @@ def test_up_run_a_deployment_status_down(tmp_path):
         prefect = str(BIN / "prefect")
         run = _run(prefect, "deployment", "run", "demo/default", "--watch", env=_clean_env(PREFECT_API_URL=api_url))
         assert run.returncode == 0, run.stdout + run.stderr
-        [flow_run] = _api(api_url, "/flow_runs/filter", {"flow_runs": {"deployment_id": {"is_null_": False}}})
+        [flow_run] = _api(api_url, "/flow_runs/filter", {"flows": {"name": {"any_": ["demo"]}}})
         assert flow_run["state_type"] == "COMPLETED", flow_run["state"]
-        artifacts = _api(api_url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [flow_run["id"]]}}})
-        assert artifacts, "the demo flow run created no artifact"
-        logs = _api(api_url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [flow_run["id"]]}}})
+        # The demo's subflows (ingest per source, shards) publish the artifacts and do the Ray work.
+        subflow_runs = _api(api_url, "/flow_runs/filter", {"flow_runs": {"parent_flow_run_id": {"any_": [flow_run["id"]]}}})
+        run_ids = [flow_run["id"]] + [r["id"] for r in subflow_runs]
+        artifacts = _api(api_url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": run_ids}}})
+        assert {"ingest-c4", "shards-ingest", "shards-ingest-summary"} <= {a["key"] for a in artifacts}
+        logs = _api(api_url, "/logs/filter", {"logs": {"flow_run_id": {"any_": run_ids}}})
         assert any(f"cluster at {LOOPBACK}:{ray_port}" in log["message"] for log in logs), "the run did not use the stack's Ray"
+
+        # An ingest deployment against a path given at run time (the demo's raw C4 files).
+        raw_c4 = state_dir / "data" / "demo" / "raw" / "c4"
+        params = json.dumps({"config": {"source": "c4", "inputs": [str(raw_c4)], "output": str(tmp_path / "ingested")}})
+        ingest = _run(prefect, "deployment", "run", "ingest/c4", "--params", params, "--watch",
+                      env=_clean_env(PREFECT_API_URL=api_url))
+        assert ingest.returncode == 0, ingest.stdout + ingest.stderr
+        assert (tmp_path / "ingested" / "ingest" / "_manifest.json").exists()
 
         # The CLI finds the running stack by itself: its flow run lands on the same server.
         stage = state_dir / "data" / "demo" / "ingest"

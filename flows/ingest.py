@@ -1,0 +1,107 @@
+"""`ingest`: turn one source's raw files into document shards, one Ray task per input file.
+
+Output: ``<output>/ingest/<source>/part-NNNNN.parquet`` with the stage's manifest, receipts and
+quarantine (see the README's shard format). Inputs already done are skipped on rerun.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+from pydantic import BaseModel, Field, model_validator
+
+from infra.ray_env import ensure_ray
+from infra.settings import default_data_root
+from tasks.sources import SourceName, make_reader
+from tasks.stage import InputFile, ShardUnit, StageSpec, run_stage
+from tasks.storage import expand_inputs, resolve
+
+STAGE = "ingest"
+
+
+class IngestConfig(BaseModel):
+    source: SourceName
+    inputs: list[str] = Field(default_factory=list, description="Files, folders (all files inside) or URIs")
+    output: str = Field(default_factory=default_data_root, description="Data root: the stage is <output>/ingest")
+    strict: bool = Field(False, description="Fail the run when any record was quarantined")
+
+    @model_validator(mode="after")
+    def _has_inputs(self) -> IngestConfig:
+        if not self.inputs:
+            raise ValueError(f"ingest of {self.source}: give at least one input file, folder or URI")
+        make_reader(self.source)  # fails now, before any work, for a source without a reader
+        return self
+
+
+class QuarantinedRecords(RuntimeError):
+    pass
+
+
+@task(retries=2, retry_delay_seconds=5)
+def list_inputs(inputs: list[str]) -> list[str]:
+    files = expand_inputs(inputs)
+    if not files:
+        raise FileNotFoundError(f"no input files under {inputs}")
+    return files
+
+
+# Hashing is the expensive part of describing an input: cached on the file's identity (uri, size,
+# modification time) and this task's code, so a changed file is hashed again.
+@task(cache_policy=TASK_SOURCE + INPUTS, retries=2, retry_delay_seconds=5)
+def describe_input(uri: str, size: int, mtime_ns: int) -> InputFile:
+    return InputFile.describe(uri)
+
+
+def describe_inputs(uris: list[str]) -> list[InputFile]:
+    described = []
+    for uri in uris:
+        location = resolve(uri)
+        info = location.fs.get_file_info(location.path)
+        described.append(describe_input(uri, info.size, info.mtime_ns or 0))
+    return described
+
+
+@task
+def ingest_source(config: IngestConfig, inputs: list[InputFile]) -> dict[str, Any]:
+    logger = get_run_logger()
+    logger.info("ingesting %d %s inputs on %s", len(inputs), config.source, ensure_ray())
+    reader = make_reader(config.source)
+    spec = StageSpec(
+        root=config.output,
+        name=STAGE,
+        reader=reader,
+        parameters={"source": config.source, "reader": repr(reader), "inputs": [i.sha256 for i in inputs]},
+    )
+    units = [ShardUnit(config.source, index, input_file) for index, input_file in enumerate(inputs)]
+
+    def log_part(r):
+        logger.info("%s: %d in, %d kept, %d dropped, %d quarantined",
+                    r.input, r.docs_in, r.kept, sum(r.dropped.values()), r.quarantined)
+
+    return run_stage(spec, units, on_part_done=log_part)
+
+
+@task
+def publish_ingest_summary(source: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    totals = manifest["totals"]["by_source"][source]
+    row = {"source": source, **{k: totals[k] for k in ("parts", "docs_in", "kept", "dropped_total", "quarantined", "bytes")}}
+    reasons = [{"source": source, "reason": reason, "documents": n} for reason, n in totals["dropped"].items()]
+    create_table_artifact(key=f"ingest-{source}", table=[row], description=f"Ingest of {source} into {manifest['stage_dir']}")
+    if reasons:
+        create_table_artifact(key=f"ingest-{source}-drops", table=reasons, description=f"Drop reasons for {source}")
+    return totals
+
+
+@flow(name="ingest", log_prints=True)
+def ingest(config: IngestConfig) -> dict[str, Any]:
+    inputs = describe_inputs(list_inputs(config.inputs))
+    manifest = ingest_source(config, inputs)
+    totals = publish_ingest_summary(config.source, manifest)
+    print(f"{config.source}: {totals['docs_in']} records in, {totals['kept']} kept, "
+          f"{totals['dropped_total']} dropped, {totals['quarantined']} quarantined -> {manifest['stage_dir']}")
+    if config.strict and totals["quarantined"]:
+        raise QuarantinedRecords(f"{totals['quarantined']} {config.source} records quarantined (strict run); see {manifest['stage_dir']}/_quarantine/{config.source}")
+    return manifest

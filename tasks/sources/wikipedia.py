@@ -1,0 +1,471 @@
+"""MediaWiki XML dumps (``*-pages-articles*.xml.bz2``, multistream or not, also .gz or plain .xml).
+
+Streamed page by page with an incremental XML parser: the finished ``<page>`` element is cleared
+before the next is read, so memory holds one page whatever the dump's size. The XML declaration or
+byte-order mark decides the encoding (UTF-8, UTF-16, ISO-8859-1, ...); the export schema version
+(0.3 .. 0.11) only changes the element namespace, which is taken from the root element.
+
+Every ``<page>`` yields exactly one item:
+
+- a :class:`Document` for an article (namespace 0, not a redirect), its wikitext turned into plain
+  text by mwparserfromhell: link text kept, link markup gone; templates, references, comments,
+  files and images, categories, interlanguage links, tables, magic words and bare URLs removed;
+  bold and italic quotes removed; HTML tags replaced by their text; section titles kept as lines
+  (a title whose section ends up empty is dropped with it);
+- a :class:`Drop` for a page the recipe excludes (``wikipedia:not_article_namespace``,
+  ``wikipedia:redirect``, ``wikipedia:text_deleted``, ``wikipedia:not_wikitext``,
+  ``wikipedia:empty_text``);
+- a :class:`BadRecord` for a page that cannot be read (no title, no id, no text element), naming
+  the file, the page number and its title and id where known.
+
+A compressed stream that ends early or XML that stops being well-formed leaves the rest of the
+file unreadable: one BadRecord says so, naming the position.
+
+The language comes from the dump's file name (``enwiki-...`` -> ``en``), else from the root
+element's ``xml:lang``. A reader accepts the 20 languages of the LLaMA recipe unless its
+``languages`` say otherwise; a dump of another language is a configuration error (ValueError), not a
+bad record.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import gzip
+import io
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import mwparserfromhell
+from mwparserfromhell.nodes import Comment, ExternalLink, Heading, Tag, Template, Text, Wikilink
+from mwparserfromhell.wikicode import Wikicode
+
+from tasks.documents import BadRecord, Document, make_doc_id
+from tasks.stage import ShardUnit
+from tasks.steps import Drop
+from tasks.storage import resolve
+
+SOURCE = "wikipedia"
+LICENCE = "CC BY-SA"
+LLAMA_LANGUAGES = tuple("bg ca cs da de en es fr hr hu it nl pl pt ro ru sl sr sv uk".split())
+
+ARTICLE_NAMESPACE = 0
+MEDIA_NAMESPACE_KEYS = frozenset({"6", "-2"})  # File: and Media:
+CATEGORY_NAMESPACE_KEY = "14"
+XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+
+# Canonical English names work on every wiki; these are each language's own names and the aliases
+# MediaWiki's language files accept for them (File/Media, Category). The dump's <siteinfo> adds the
+# wiki's current names at read time, which covers any language configured beyond these.
+ENGLISH_MEDIA = ("file", "image", "media")
+ENGLISH_CATEGORY = ("category",)
+LOCAL_MEDIA = {
+    "bg": ("файл", "картинка", "изображение", "медия"),
+    "ca": ("fitxer", "imatge", "arxiu", "multimèdia"),
+    "cs": ("soubor", "obrázek", "média"),
+    "da": ("fil", "billede", "medie"),
+    "de": ("datei", "bild", "medium"),
+    "es": ("archivo", "imagen", "medio"),
+    "fr": ("fichier", "image", "média"),
+    "hr": ("datoteka", "slika", "mediji"),
+    "hu": ("fájl", "kép", "média"),
+    "it": ("file", "immagine"),
+    "nl": ("bestand", "afbeelding"),
+    "pl": ("plik", "grafika"),
+    "pt": ("ficheiro", "arquivo", "imagem", "multimédia"),
+    "ro": ("fișier", "fişier", "imagine"),
+    "ru": ("файл", "изображение", "медиа"),
+    "sl": ("slika", "datoteka"),
+    "sr": ("датотека", "слика", "медиј", "datoteka", "slika", "medij"),
+    "sv": ("fil", "bild"),
+    "uk": ("файл", "зображення", "медіа"),
+}
+LOCAL_CATEGORY = {
+    "bg": ("категория",),
+    "ca": ("categoria",),
+    "cs": ("kategorie",),
+    "da": ("kategori",),
+    "de": ("kategorie",),
+    "es": ("categoría",),
+    "fr": ("catégorie",),
+    "hr": ("kategorija",),
+    "hu": ("kategória",),
+    "it": ("categoria",),
+    "nl": ("categorie",),
+    "pl": ("kategoria",),
+    "pt": ("categoria",),
+    "ro": ("categorie",),
+    "ru": ("категория",),
+    "sl": ("kategorija",),
+    "sr": ("категорија", "kategorija"),
+    "sv": ("kategori",),
+    "uk": ("категорія",),
+}
+
+# Tags whose content is not article prose: footnotes, tables, and extension tags that render
+# images, formulas or widgets. Other HTML tags (span, small, sup, div, blockquote, ...) keep their text.
+NON_PROSE_TAGS = frozenset(
+    {"ref", "references", "table", "gallery", "imagemap", "math", "chem", "ce", "score", "timeline", "graph",
+     "categorytree", "inputbox", "templatedata", "templatestyles", "mapframe", "maplink", "hiero"}
+)
+# Interlanguage links ([[fr:Paris]]) name another wiki by its language code and show no text.
+INTERLANGUAGE_PREFIX = re.compile(r"[a-z]{2,3}(?:-[a-z]+)*$")
+MAGIC_WORD = re.compile(r"__(\w+?)__")
+LEFTOVER_QUOTES = re.compile(r"'{2,}")  # unbalanced bold/italic the parser could not pair
+# Brackets emptied by removed templates: "Brahui ({{IPA|...}}) is" would read "Brahui () is".
+EMPTIED_BRACKETS = re.compile(r" \(\s*[,;:]?\s*\)")  # after a space: "f()" in prose about code stays
+SPACE_RUNS = re.compile(r"[ \t]{2,}")
+BLANK_RUNS = re.compile(r"\n{3,}")
+DUMP_NAME = re.compile(r"^([a-z][a-z0-9_]*?)wiki-")
+# Old dumps mark redirects only in the text: '#REDIRECT [[Target]]' or a localised magic word.
+REDIRECT_TEXT = re.compile(r"^\s*#[^\W\d_]+\s*:?\s*\[\[")
+URL_SAFE = ";@$!*(),/~:"  # the characters MediaWiki leaves unescaped in article URLs
+
+
+def dump_language(file_name: str) -> str | None:
+    """The wiki's language from a dump file name: ``enwiki-20220620-pages-articles.xml.bz2`` -> en."""
+    match = DUMP_NAME.match(file_name)
+    return match.group(1).replace("_", "-") if match else None
+
+
+def article_url(language: str, title: str) -> str:
+    return f"https://{language}.wikipedia.org/wiki/{quote(title.replace(' ', '_'), safe=URL_SAFE)}"
+
+
+@dataclass(frozen=True)
+class WikitextCleaner:
+    """Wikitext to plain text for one wiki: which link prefixes name files and categories there."""
+
+    media_prefixes: frozenset[str]
+    category_prefixes: frozenset[str]
+
+    @classmethod
+    def for_language(cls, language: str, site_namespaces: dict[str, str] | None = None) -> WikitextCleaner:
+        media = set(ENGLISH_MEDIA) | set(LOCAL_MEDIA.get(language, ()))
+        category = set(ENGLISH_CATEGORY) | set(LOCAL_CATEGORY.get(language, ()))
+        for key, name in (site_namespaces or {}).items():
+            if key in MEDIA_NAMESPACE_KEYS:
+                media.add(_namespace_form(name))
+            elif key == CATEGORY_NAMESPACE_KEY:
+                category.add(_namespace_form(name))
+        return cls(frozenset(media), frozenset(category))
+
+    def to_text(self, wikitext: str) -> str:
+        code = mwparserfromhell.parse(wikitext)
+        self._prune(code)
+        return _render_sections(code)
+
+    def _prune(self, code: Wikicode) -> None:
+        """Remove non-prose nodes in place, at every depth, in one pass over the tree."""
+        kept = []
+        for node in code.nodes:
+            if isinstance(node, (Template, Comment)) or (isinstance(node, ExternalLink) and not node.brackets):
+                continue
+            if isinstance(node, Wikilink) and self._is_non_prose_link(node):
+                continue
+            if isinstance(node, Tag):
+                tag = str(node.tag).strip().lower()
+                if tag in NON_PROSE_TAGS:
+                    continue
+                if tag == "br":  # a line break inside prose (poems, addresses) separates words
+                    kept.append(Text("\n"))
+                    continue
+            for child in _children(node):
+                self._prune(child)
+            kept.append(node)
+        code.nodes = kept
+
+    def _is_non_prose_link(self, link: Wikilink) -> bool:
+        title = str(link.title).strip()
+        if title.startswith(":"):  # [[:Category:X]] is an inline link to the category page: prose
+            return False
+        prefix, colon, _ = title.partition(":")
+        if not colon:
+            return False
+        prefix = _namespace_form(prefix)
+        if prefix in self.media_prefixes or prefix in self.category_prefixes:
+            return True
+        return link.text is None and INTERLANGUAGE_PREFIX.match(prefix) is not None
+
+
+def _namespace_form(name: str) -> str:
+    return name.replace("_", " ").strip().casefold()
+
+
+def _children(node: Any) -> list[Wikicode]:
+    if isinstance(node, Tag):
+        return [node.contents] if node.contents is not None else []
+    if isinstance(node, Wikilink):
+        return [node.text] if node.text is not None else []
+    if isinstance(node, ExternalLink):
+        return [node.title] if node.title is not None else []
+    if isinstance(node, Heading):
+        return [node.title]
+    return []
+
+
+def _render_sections(code: Wikicode) -> str:
+    """Text of the lead and each section; a heading is kept only above a section that has text.
+
+    ``pending`` holds the headings seen since the last text, outermost first: a subsection with text
+    brings its parent headings along, a section left empty (references, gallery) disappears.
+    """
+    parts: list[str] = []
+    pending: list[tuple[int, str]] = []
+    body: list[Any] = []
+
+    def flush() -> None:
+        text = _plain(Wikicode(body))
+        if text:
+            parts.extend(title for _, title in pending)
+            pending.clear()
+            parts.append(text)
+        body.clear()
+
+    for node in code.nodes:
+        if isinstance(node, Heading):
+            flush()
+            title = _plain(node.title)
+            while pending and pending[-1][0] >= node.level:
+                pending.pop()
+            if title:
+                pending.append((node.level, title))
+        else:
+            body.append(node)
+    flush()
+    return "\n\n".join(parts)
+
+
+def _plain(code: Wikicode) -> str:
+    text = code.strip_code(normalize=True, collapse=True)
+    text = MAGIC_WORD.sub(lambda m: "" if m.group(1).isupper() else m.group(0), text)
+    text = EMPTIED_BRACKETS.sub("", LEFTOVER_QUOTES.sub("", text))
+    # List markers and removed nodes leave indents and double spaces; layout is not prose.
+    lines = "\n".join(SPACE_RUNS.sub(" ", line).strip() for line in text.split("\n"))
+    return BLANK_RUNS.sub("\n\n", lines).strip()
+
+
+@dataclass(frozen=True)
+class WikipediaReader:
+    """Reads one MediaWiki XML dump file per shard unit; see the module docstring."""
+
+    languages: tuple[str, ...] = LLAMA_LANGUAGES
+
+    def __post_init__(self) -> None:
+        if not self.languages:
+            raise ValueError("WikipediaReader needs at least one language")
+        malformed = [code for code in self.languages if not re.fullmatch(r"[a-z][a-z0-9-]*", code)]
+        if malformed:
+            raise ValueError(f"not Wikipedia language codes: {malformed}")
+
+    def read(self, unit: ShardUnit) -> Iterator[Document | Drop | BadRecord]:
+        if unit.input is None:
+            raise ValueError(f"{unit.source} part {unit.index}: a Wikipedia unit needs an input dump file")
+        uri = unit.input.uri
+        location = resolve(uri)
+        language = dump_language(location.name)
+        if language is not None:
+            self.check_language(language, uri)
+        with location.open_input() as raw, _decompressed(raw, location.name) as stream:
+            yield from _DumpParse(self, unit.source, uri, language).pages(stream)
+
+    def check_language(self, language: str, uri: str) -> None:
+        if language not in self.languages:
+            raise ValueError(
+                f"{uri}: Wikipedia language {language!r} is not among the configured languages "
+                f"{list(self.languages)}; add it to WikipediaReader(languages=...) to ingest it"
+            )
+
+
+def _decompressed(raw: Any, name: str) -> Any:
+    if name.endswith(".bz2"):
+        return _OneBlockReads(bz2.BZ2File(raw))  # reads multistream dumps (concatenated streams) as one
+    if name.endswith(".gz"):
+        return _OneBlockReads(gzip.GzipFile(fileobj=raw))
+    return contextlib.nullcontext(raw)
+
+
+class _OneBlockReads(contextlib.AbstractContextManager):
+    """Hands the XML parser each decompressed block as it comes (``read1``).
+
+    A plain ``read(n)`` gathers several blocks and, when the stream is truncated, raises away the
+    blocks it had gathered: the pages in them would be lost with the broken end.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def read(self, size: int = -1) -> bytes:
+        return self._stream.read1(size if size > 0 else io.DEFAULT_BUFFER_SIZE)
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._stream.close()
+
+
+class _DumpParse:
+    """The state of one pass over a dump: namespace, language, site names, page count."""
+
+    def __init__(self, reader: WikipediaReader, source: str, uri: str, language: str | None) -> None:
+        self.reader = reader
+        self.source = source
+        self.uri = uri
+        self.language = language
+        self.ns = ""
+        self.site_namespaces: dict[str, str] = {}
+        self.cleaner: WikitextCleaner | None = None
+        self.pages_seen = 0
+
+    def pages(self, stream: Any) -> Iterator[Document | Drop | BadRecord]:
+        root: ET.Element | None = None
+        try:
+            for event, elem in ET.iterparse(stream, events=("start", "end")):
+                if root is None:
+                    root = elem
+                    self._start(root)
+                elif event == "end" and elem.tag == self.ns + "page":
+                    self.pages_seen += 1
+                    yield self._page(elem)
+                    root.clear()  # the finished page and anything before it: memory stays flat
+                elif event == "end" and elem.tag == self.ns + "siteinfo":
+                    self._read_siteinfo(elem)
+                    root.clear()
+        except _NotADump as exc:
+            yield BadRecord(f"{self.uri}:root element", str(exc), "")
+        except ET.ParseError as exc:
+            yield self._unreadable_rest(root, f"malformed XML ({exc})", _xml_position(exc))
+        except (OSError, EOFError) as exc:  # truncated or corrupt compression
+            yield self._unreadable_rest(root, f"unreadable input ({type(exc).__name__}: {exc})", "")
+
+    def _start(self, root: ET.Element) -> None:
+        namespace, _, local = root.tag.rpartition("}")
+        if local != "mediawiki":
+            raise _NotADump(f"not a MediaWiki XML export: root element is <{local}>")
+        self.ns = namespace + "}" if namespace else ""
+        if self.language is None:
+            self.language = root.get(XML_LANG)
+            if not self.language:
+                raise ValueError(f"{self.uri}: no language in the file name (<lang>wiki-...) nor in xml:lang")
+            self.reader.check_language(self.language, self.uri)
+
+    def _read_siteinfo(self, siteinfo: ET.Element) -> None:
+        for namespace in siteinfo.iter(self.ns + "namespace"):
+            if namespace.text:
+                self.site_namespaces[namespace.get("key", "")] = namespace.text
+
+    def _unreadable_rest(self, root: ET.Element | None, error: str, position: str) -> BadRecord:
+        if root is None:
+            return BadRecord(f"{self.uri}:start{position}", f"no MediaWiki XML: empty or not XML: {error}", "")
+        where = f"{self.uri}:page {self.pages_seen + 1}{_page_label(root, self.ns)}{position}"
+        return BadRecord(where, f"{error}; the rest of the file after page {self.pages_seen} is unreadable", "")
+
+    def _page(self, page: ET.Element) -> Document | Drop | BadRecord:
+        locator = f"{self.uri}:page {self.pages_seen}{_page_label_of(page, self.ns)}"
+        try:
+            return self._page_item(page, locator)
+        except _BadPage as exc:
+            return BadRecord(locator, str(exc), _raw_page(page))
+
+    def _page_item(self, page: ET.Element, locator: str) -> Document | Drop:
+        ns = self.ns
+        title = page.findtext(ns + "title")
+        if not title:
+            raise _BadPage("page has no title")
+        page_id = _integer(page.findtext(ns + "id"), "page id")
+        if self._namespace_of(page, title) != ARTICLE_NAMESPACE:
+            return Drop(f"{SOURCE}:not_article_namespace")
+        if page.find(ns + "redirect") is not None:
+            return Drop(f"{SOURCE}:redirect")
+        revisions = page.findall(ns + "revision")
+        if not revisions:
+            raise _BadPage("page has no revision")
+        revision = revisions[-1]  # full-history dumps list revisions oldest first
+        text_element = revision.find(ns + "text")
+        if text_element is None:
+            raise _BadPage("revision has no text element")
+        if text_element.get("deleted") is not None:
+            return Drop(f"{SOURCE}:text_deleted")
+        if revision.findtext(ns + "model", "wikitext") != "wikitext":
+            return Drop(f"{SOURCE}:not_wikitext")
+        wikitext = text_element.text or ""
+        if REDIRECT_TEXT.match(wikitext):
+            return Drop(f"{SOURCE}:redirect")
+        text = self._cleaner().to_text(wikitext)
+        if not text:
+            return Drop(f"{SOURCE}:empty_text")
+        revision_id = revision.findtext(ns + "id")
+        meta = {
+            "url": article_url(self.language, title),
+            "title": title,
+            "page_id": page_id,
+            "revision_id": _integer(revision_id, "revision id") if revision_id is not None else None,
+            "timestamp": revision.findtext(ns + "timestamp"),
+            "language": self.language,
+            "licence": LICENCE,
+            "provenance": locator,
+        }
+        return Document(
+            id=make_doc_id(SOURCE, f"{self.language}:{page_id}"), source=self.source, text=text, meta=meta
+        )
+
+    def _namespace_of(self, page: ET.Element, title: str) -> int:
+        declared = page.findtext(self.ns + "ns")
+        if declared is not None:
+            return _integer(declared, "namespace")
+        # Schemas before 0.6 have no <ns>: the title's prefix names the namespace.
+        prefix, colon, _ = title.partition(":")
+        if colon:
+            for key, name in self.site_namespaces.items():
+                if name == prefix and key.lstrip("-").isdigit():
+                    return int(key)
+        return ARTICLE_NAMESPACE
+
+    def _cleaner(self) -> WikitextCleaner:
+        if self.cleaner is None:
+            self.cleaner = WikitextCleaner.for_language(self.language, self.site_namespaces)
+        return self.cleaner
+
+
+class _BadPage(ValueError):
+    pass
+
+
+class _NotADump(ValueError):
+    pass
+
+
+def _integer(value: str | None, what: str) -> int:
+    try:
+        return int((value or "").strip())
+    except ValueError:
+        raise _BadPage(f"{what} missing or not an integer: {value!r}") from None
+
+
+def _page_label_of(page: ET.Element, ns: str) -> str:
+    title, page_id = page.findtext(ns + "title"), page.findtext(ns + "id")
+    known = [f"id {page_id.strip()}"] if page_id and page_id.strip() else []
+    known += [repr(title)] if title else []
+    return f" ({', '.join(known)})" if known else ""
+
+
+def _page_label(root: ET.Element, ns: str) -> str:
+    """Title and id of the page being read when the stream broke (its elements so far are in the tree)."""
+    if len(root) and root[-1].tag == ns + "page":
+        return _page_label_of(root[-1], ns)
+    return ""
+
+
+def _raw_page(page: ET.Element) -> str:
+    """The page as it reads in the dump, without the export namespace on every tag (the page is discarded next)."""
+    for element in page.iter():
+        element.tag = element.tag.rpartition("}")[2]
+    page.tail = None
+    return ET.tostring(page, encoding="unicode")
+
+
+def _xml_position(exc: ET.ParseError) -> str:
+    line, column = getattr(exc, "position", (None, None))
+    return f", XML line {line} column {column}" if line is not None else ""

@@ -1,0 +1,1 @@
+"""Synthetic inputs with known ground truth, one module per source."""

@@ -1,0 +1,229 @@
+"""Project Gutenberg e-books with known ground truth.
+
+Four files: a modern e-book in UTF-8 with a byte-order mark (START/END markers, producer credits,
+a "Character set encoding" line, characters outside latin-1); a 1990s e-text in ISO-8859-1 with
+no encoding line (its SMALL PRINT header, "This etext was prepared by" credit and "End of The
+Project Gutenberg Etext" footer); an e-book that is all boilerplate; an empty file. Both books
+use CRLF line ends, trailing spaces and runs of blank lines that the reader must normalise.
+:func:`expected_books` gives, for the same seed, what each file must become.
+
+Deterministic for a seed: the same call writes byte-identical files.
+"""
+
+from __future__ import annotations
+
+import random
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DOCUMENT = "document"
+DROPPED = "books:no_text_after_boilerplate"
+BAD = "bad"
+
+FRENCH = "ça été cœur naïf fenêtre où déjà élève forêt château pâle soeur garçon bientôt très".split()
+GERMAN = "Straße Mädchen schön über Grüße Bäume fröhlich weiß Flüsse Größe Würde hören".split()
+PLAIN = "the of and river house garden morning letter window winter bridge quiet".split()
+
+LICENCE = """\
+***** This file should be named {number}.txt or {number}.zip *****
+
+*** START: FULL LICENSE ***
+
+THE FULL PROJECT GUTENBERG LICENSE
+PLEASE READ THIS BEFORE YOU DISTRIBUTE OR USE THIS WORK
+
+To protect the Project Gutenberg-tm mission of promoting the free
+distribution of electronic works, by using or distributing this work
+(or any other work associated in any way with the phrase "Project
+Gutenberg"), you agree to comply with all the terms of the Full Project
+Gutenberg-tm License (available with this file or online at
+http://gutenberg.org/license).
+"""
+
+MODERN_HEADER = """\
+The Project Gutenberg EBook of {title}, by {author}
+
+This eBook is for the use of anyone anywhere at no cost and with
+almost no restrictions whatsoever.  You may copy it, give it away or
+re-use it under the terms of the Project Gutenberg License included
+with this eBook or online at www.gutenberg.org
+
+
+Title: {title}
+       {subtitle}
+
+Author: {author}
+
+Release Date: March 3, 2011 [EBook #{number}]
+
+Language: French
+
+Character set encoding: UTF-8
+
+*** START OF THIS PROJECT GUTENBERG EBOOK {upper} ***
+
+
+
+
+Produced by Marie Dupont and the Online Distributed
+Proofreading Team at http://www.pgdp.net
+
+
+
+"""
+MODERN_FOOTER = """
+
+
+End of the Project Gutenberg EBook of {title}, by {author}
+
+*** END OF THIS PROJECT GUTENBERG EBOOK {upper} ***
+
+"""
+
+OLD_HEADER = """\
+**The Project Gutenberg Etext of {title}, by {author}**
+#3 in our series by {author}
+
+Copyright laws are changing all over the world, be sure to check
+the copyright laws for your country before posting these files!!
+
+**Welcome To The World of Free Plain Vanilla Electronic Texts**
+
+**Etexts Readable By Both Humans and By Computers, Since 1971**
+
+*These Etexts Prepared By Hundreds of Volunteers and Donations*
+
+{title}
+
+June, 1996  [Etext #{number}]
+
+**The Project Gutenberg Etext of {title}, by {author}**
+******This file should be named grimm10.txt or grimm10.zip*****
+
+**START**THE SMALL PRINT!**FOR PUBLIC DOMAIN ETEXTS**START***
+Why is this "Small Print!" statement here?  You know: lawyers.
+They tell us you might sue us if there is something wrong with
+your copy of this etext, even if you got it for free from
+someone other than us, and even if what's wrong is not our
+fault.
+*END*THE SMALL PRINT! FOR PUBLIC DOMAIN ETEXTS*Ver.04.29.93*END*
+
+
+
+This etext was prepared by Hans Beispiel, Musterstadt,
+with thanks to the University Library.
+
+
+"""
+OLD_FOOTER = """
+
+End of The Project Gutenberg Etext of {title}
+
+"""
+
+
+@dataclass(frozen=True)
+class ExpectedBook:
+    """What one file must become."""
+
+    file_name: str
+    outcome: str  # DOCUMENT, the drop reason, or BAD
+    text: str = ""  # the document's exact text
+    meta: dict = field(default_factory=dict)  # keys the document's meta must hold, with these values
+    error: str = ""  # for BAD: a phrase of the error
+
+
+def write_inputs(folder: str, seed: int = 0) -> list[str]:
+    """Write the files into ``folder`` and return their paths, in the order of :func:`expected_books`."""
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for expected, data in _books(seed):
+        path = root / expected.file_name
+        path.write_bytes(data)
+        paths.append(str(path))
+    return paths
+
+
+def expected_books(seed: int = 0) -> list[ExpectedBook]:
+    return [expected for expected, _ in _books(seed)]
+
+
+def _books(seed: int) -> list[tuple[ExpectedBook, bytes]]:
+    rng = random.Random(seed)
+    return [_modern(rng), _old(rng), _boilerplate_only(rng), (ExpectedBook("pg00000-empty.txt", BAD, error="empty"), b"")]
+
+
+def _paragraphs(rng: random.Random, words: list[str], count: int) -> list[str]:
+    """Wrapped paragraphs as Gutenberg sets them (about 70 columns); some are chapter titles."""
+    paragraphs = []
+    for n in range(count):
+        if n % 8 == 0:
+            paragraphs.append(f"CHAPTER {n // 8 + 1}")
+            continue
+        sentences = []
+        for _ in range(rng.randint(2, 5)):
+            sentence = " ".join(rng.choice(words + PLAIN) for _ in range(rng.randint(6, 16)))
+            sentences.append(sentence[0].upper() + sentence[1:] + rng.choice(".!?"))
+        paragraphs.append("\n".join(textwrap.wrap(" ".join(sentences), 70)))
+    return paragraphs
+
+
+def _typeset(paragraphs: list[str]) -> str:
+    """The raw body: chapter titles padded by runs of blank lines and trailing spaces."""
+    parts = []
+    for paragraph in paragraphs:
+        if paragraph.startswith("CHAPTER"):
+            parts.append(f"\n\n\n{paragraph}   \n\n")
+        else:
+            parts.append(paragraph)
+    return "\n\n".join(parts)
+
+
+def _crlf(text: str) -> str:
+    return text.replace("\n", "\r\n")
+
+
+def _modern(rng: random.Random) -> tuple[ExpectedBook, bytes]:
+    number = 40000 + rng.randrange(10000)
+    names = {"title": "Le Château “Pâle”", "author": "Émile Exemple", "number": number}
+    names.update(subtitle="Roman — première partie", upper=names["title"].upper())
+    paragraphs = _paragraphs(rng, FRENCH, 48)
+    raw = MODERN_HEADER.format(**names) + _typeset(paragraphs) + MODERN_FOOTER.format(**names) + LICENCE.format(**names)
+    expected = ExpectedBook(
+        f"pg{number}.txt",
+        DOCUMENT,
+        text="\n\n".join(paragraphs),
+        meta={
+            "title": f"{names['title']} {names['subtitle']}",
+            "author": names["author"],
+            "language": "fr",
+            "release_date": "2011-03-03",
+            "ebook_number": str(number),
+            "licence": "Project Gutenberg License",
+            "encoding": "utf-8-sig",
+        },
+    )
+    return expected, b"\xef\xbb\xbf" + _crlf(raw).encode("utf-8")
+
+
+def _old(rng: random.Random) -> tuple[ExpectedBook, bytes]:
+    number = 2000 + rng.randrange(1000)
+    names = {"title": "Grimms Märchen für Kinder", "author": "Brüder Grimm", "number": number}
+    paragraphs = _paragraphs(rng, GERMAN, 40)
+    raw = OLD_HEADER.format(**names) + _typeset(paragraphs) + OLD_FOOTER.format(**names) + LICENCE.format(**names)
+    expected = ExpectedBook(
+        f"grimm{number}.txt",
+        DOCUMENT,
+        text="\n\n".join(paragraphs),
+        meta={"title": names["title"], "author": names["author"], "ebook_number": str(number)},
+    )
+    return expected, _crlf(raw).encode("latin-1")
+
+
+def _boilerplate_only(rng: random.Random) -> tuple[ExpectedBook, bytes]:
+    number = 50000 + rng.randrange(10000)
+    names = {"title": "Nothing Here", "author": "Nobody", "subtitle": "", "number": number, "upper": "NOTHING HERE"}
+    raw = MODERN_HEADER.format(**names) + MODERN_FOOTER.format(**names) + LICENCE.format(**names)
+    return ExpectedBook(f"pg{number}.txt", DROPPED), raw.encode("ascii")

@@ -1,0 +1,32 @@
+"""The ingest flow on the Prefect harness and local Ray, with C4's synthetic inputs."""
+
+import pytest
+from pydantic import ValidationError
+
+from flows.ingest import IngestConfig, QuarantinedRecords, ingest
+from tasks.synthetic.c4 import write_inputs
+
+
+def test_ingest_a_folder_then_skip_it_on_rerun(tmp_path, prefect_api, ray_local):
+    raw = tmp_path / "raw"
+    write_inputs(str(raw), seed=1, files=2, docs_per_file=60)
+    (raw / "_SUCCESS").write_text("")  # bookkeeping files in an input folder are not inputs
+    config = IngestConfig(source="c4", inputs=[str(raw)], output=str(tmp_path / "out"))
+    manifest = ingest(config)
+    run = manifest["runs"]["c4"]
+    assert [i["uri"].rsplit("/", 1)[1] for i in run["inputs"]] == [
+        "c4-train.00000-of-01024.json.gz", "c4-train.00001-of-01024.json.gz"
+    ]
+    totals = manifest["totals"]["by_source"]["c4"]
+    assert totals["docs_in"] == 120 == totals["kept"] + totals["dropped_total"] + totals["quarantined"]
+    assert ingest(config) == manifest  # finished: nothing redone, the manifest is the same
+
+    with pytest.raises(QuarantinedRecords, match="c4 records quarantined"):
+        ingest(config.model_copy(update={"strict": True, "output": str(tmp_path / "strict")}))
+
+
+def test_configs_that_cannot_work_fail_before_any_work(tmp_path):
+    with pytest.raises(ValidationError, match="at least one input"):
+        IngestConfig(source="c4", inputs=[])
+    with pytest.raises(ValidationError):
+        IngestConfig(source="gopher", inputs=["x"])
