@@ -61,6 +61,7 @@ END_OF_TEXT = re.compile(
 )
 TITLE = re.compile(r"\\title\s*(?:\[[^\]]*\])?\s*(?=\{)")
 SPACES = re.compile(r"\s*")
+BLANKS = re.compile(r"[ \t]*\n?")  # after a heading: it already ends its line
 CONTROL_WORD = re.compile(r"\\\\|\\([A-Za-z]+)")  # "\\" first: in "\\foo" the foo is text, not a macro
 
 
@@ -469,6 +470,31 @@ def cut_to_body(document: str) -> str:
     if section is None:
         return ""
     end = END_OF_TEXT.search(document, section.start())
-    body = document[section.start() : end.start() if end else len(document)]
+    body = headings_as_lines(document[section.start() : end.start() if end else len(document)])
     body = "\n".join(line.rstrip() for line in body.split("\n"))
     return re.sub(r"\n{3,}", "\n\n", body).strip()
+
+
+def headings_as_lines(body: str) -> str:
+    """``\\section*[short]{Title}`` and its kin become ``Title`` on a line of its own.
+
+    The heading text is prose the model should see; the command around it is markup.
+    """
+    pieces, position = [], 0
+    for match in SECTION.finditer(body):
+        if match.start() < position:
+            continue
+        opening = match.end() - 1  # at "[" or "{"
+        if body[opening] == "[":
+            close = body.find("]", opening)
+            opening = close + len(SPACES.match(body, close + 1).group()) + 1 if close >= 0 else -1
+            if opening < 0 or opening >= len(body) or body[opening] != "{":
+                continue
+        group = _braced(body, opening)
+        if group is None:
+            continue
+        title, after = group
+        pieces += [body[position : match.start()], "\n", re.sub(r"\s+", " ", title).strip(), "\n"]
+        position = BLANKS.match(body, after).end()
+    pieces.append(body[position:])
+    return "".join(pieces)

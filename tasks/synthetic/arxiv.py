@@ -155,11 +155,11 @@ SECRET-SUPPLEMENT is another document, not this paper.
         DOCUMENT,
         arxiv_id=arxiv_id,
         title="A Synthetic Study of SynthNet on ToyCorpus",
-        starts_with=r"\section{Introduction}",
+        starts_with="Introduction",
         kept=(
-            s["INTRO"], s["METHOD"], s["RESULTS"], s["PARAGRAPH"], r"\paragraph{Bare paragraph}",
+            s["INTRO"], s["METHOD"], s["RESULTS"], s["PARAGRAPH"], "\nBare paragraph\n",
             "We test SynthNet{} on ToyCorpus.", r"Accuracy rose by 50\% on ToyCorpus.\\",
-            r"$V_{\mathbb{R}}$", r"$\norm{x}$", r"\subsection{Method}", r"\subsection{Results}",
+            r"$V_{\mathbb{R}}$", r"$\norm{x}$", "\nMethod\n", "\nResults\n",
             r"\input{main}",  # the cycle back to the main file stays as written
         ),
         removed=(
@@ -193,8 +193,8 @@ def _single(rng: random.Random, number: int) -> tuple[ExpectedPaper, bytes]:
         DOCUMENT,
         arxiv_id=f"hep-th/{old_number}",
         title="Strings on a Lattice",
-        starts_with=r"\section*{Introduction}",
-        kept=(s["INTRO"], s["BODY"], r"The state |\psi\rangle{} evolves.", r"\section{Body}"),
+        starts_with="Introduction",
+        kept=(s["INTRO"], s["BODY"], r"The state |\psi\rangle{} evolves.", "\nBody\n"),
         removed=(s["TITLEPAGE"], "SECRET", r"\bibitem", r"\begin{thebibliography}", r"\ket"),
     )
     # CRLF line ends, as papers written on Windows have them.
