@@ -27,10 +27,19 @@ class IngestConfig(BaseModel):
     inputs: list[str] = Field(default_factory=list, description="Files, folders (all files inside) or URIs")
     output: str = Field(default_factory=default_data_root, description="Data root: the stage is <output>/ingest")
     strict: bool = Field(False, description="Fail the run when any record was quarantined")
+    crawl: str | None = Field(None, description="commoncrawl only: a crawl name such as CC-MAIN-2023-23")
+    crawl_segments: int | None = Field(None, ge=1, description="With crawl: every WET file of the first N segments")
+    crawl_files: int | None = Field(None, ge=1, description="With crawl: the first N WET files of the listing")
+    crawl_base_url: str | None = Field(None, description="With crawl: a mirror of Common Crawl's data host")
 
     @model_validator(mode="after")
     def _has_inputs(self) -> IngestConfig:
-        if not self.inputs:
+        if self.crawl is not None:
+            if self.source != "commoncrawl":
+                raise ValueError(f"a crawl name is for the commoncrawl source, not {self.source}")
+            if (self.crawl_segments is None) == (self.crawl_files is None):
+                raise ValueError("with a crawl, give exactly one of crawl_segments or crawl_files")
+        elif not self.inputs:
             raise ValueError(f"ingest of {self.source}: give at least one input file, folder or URI")
         make_reader(self.source)  # fails now, before any work, for a source without a reader
         return self
@@ -41,10 +50,18 @@ class QuarantinedRecords(RuntimeError):
 
 
 @task(retries=2, retry_delay_seconds=5)
-def list_inputs(inputs: list[str]) -> list[str]:
-    files = expand_inputs(inputs)
+def list_inputs(config: IngestConfig) -> list[str]:
+    files = expand_inputs(config.inputs)
+    if config.crawl is not None:
+        from tasks.sources import commoncrawl
+
+        host = {"base_url": config.crawl_base_url} if config.crawl_base_url else {}
+        if config.crawl_segments is not None:
+            files += commoncrawl.crawl_segment_uris(config.crawl, config.crawl_segments, **host)
+        else:
+            files += commoncrawl.crawl_file_uris(config.crawl, config.crawl_files, **host)
     if not files:
-        raise FileNotFoundError(f"no input files under {inputs}")
+        raise FileNotFoundError(f"no input files under {config.inputs}")
     return files
 
 
@@ -97,7 +114,7 @@ def publish_ingest_summary(source: str, manifest: dict[str, Any]) -> dict[str, A
 
 @flow(name="ingest", log_prints=True)
 def ingest(config: IngestConfig) -> dict[str, Any]:
-    inputs = describe_inputs(list_inputs(config.inputs))
+    inputs = describe_inputs(list_inputs(config))
     manifest = ingest_source(config, inputs)
     totals = publish_ingest_summary(config.source, manifest)
     print(f"{config.source}: {totals['docs_in']} records in, {totals['kept']} kept, "

@@ -61,9 +61,12 @@ def demo(
 @app.command()
 def ingest(
     source: Annotated[str, typer.Option(help="commoncrawl, c4, wikipedia, books or arxiv")],
-    input: Annotated[list[str], typer.Option("--input", help="File, folder or URI (repeatable)")],
+    input: Annotated[list[str] | None, typer.Option("--input", help="File, folder or URI (repeatable)")] = None,
     output: Annotated[str, typer.Option(help="Data root: shards go to <output>/ingest/<source>")] = "data",
     strict: Annotated[bool, typer.Option(help="Exit non-zero when any record was quarantined")] = False,
+    crawl: Annotated[str | None, typer.Option(help="commoncrawl: a crawl name, e.g. CC-MAIN-2023-23")] = None,
+    segments: Annotated[int | None, typer.Option(min=1, help="With --crawl: every WET file of the first N segments")] = None,
+    files: Annotated[int | None, typer.Option(min=1, help="With --crawl: the first N WET files")] = None,
 ) -> None:
     """Ingest one source's raw files into document shards (the `ingest` flow).
 
@@ -75,7 +78,15 @@ def ingest(
     from flows.ingest import IngestConfig, ingest as ingest_flow
 
     try:
-        config = IngestConfig(source=source, inputs=input, output=output if "://" in output else str(Path(output).resolve()), strict=strict)
+        config = IngestConfig(
+            source=source,
+            inputs=input or [],
+            output=output if "://" in output else str(Path(output).resolve()),
+            strict=strict,
+            crawl=crawl,
+            crawl_segments=segments,
+            crawl_files=files,
+        )
     except ValidationError as exc:
         console.print(f"[red]error[/red] {exc.errors()[0]['msg']}")
         raise typer.Exit(code=2) from exc

@@ -22,6 +22,7 @@ import codecs
 import functools
 import gzip
 import io
+import itertools
 import re
 import zlib
 from collections.abc import Iterator
@@ -68,33 +69,59 @@ class RecordError(ValueError):
     """A document record that cannot become a document; the message says why."""
 
 
+def _listing(crawl: str, base_url: str, listing: str) -> tuple[str, Iterator[str]]:
+    """The listing's URI and its file paths, streamed in published order."""
+    if not CRAWL_NAME.fullmatch(crawl):
+        raise ValueError(f"not a Common Crawl crawl name: {crawl!r} (expected e.g. CC-MAIN-2023-23)")
+    listing_uri = f"{base_url.rstrip('/')}/crawl-data/{crawl}/{listing}.paths.gz"
+
+    def paths() -> Iterator[str]:
+        try:
+            with resolve(listing_uri).open_input() as raw, gzip.GzipFile(fileobj=raw) as lines:
+                for line in lines:
+                    if path := line.decode("ascii").strip():
+                        yield path
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"crawl {crawl}: no {listing} listing at {listing_uri}") from exc
+
+    return listing_uri, paths()
+
+
 def crawl_file_uris(
     crawl: str, files: int, base_url: str = DATA_HOST, listing: Literal["wet", "warc"] = "wet"
 ) -> list[str]:
     """The URIs of the first ``files`` files of a crawl, in the order of its published listing.
 
     Reads ``<base_url>/crawl-data/<crawl>/<listing>.paths.gz`` as a stream and stops after
-    ``files`` lines. ``files`` counts files, not Common Crawl segments (a segment holds hundreds).
+    ``files`` lines.
     """
-    if not CRAWL_NAME.fullmatch(crawl):
-        raise ValueError(f"not a Common Crawl crawl name: {crawl!r} (expected e.g. CC-MAIN-2023-23)")
     if files < 1:
         raise ValueError(f"files must be >= 1, got {files}")
-    base = base_url.rstrip("/")
-    listing_uri = f"{base}/crawl-data/{crawl}/{listing}.paths.gz"
-    uris: list[str] = []
-    try:
-        with resolve(listing_uri).open_input() as raw, gzip.GzipFile(fileobj=raw) as lines:
-            for line in lines:
-                path = line.decode("ascii").strip()
-                if path:
-                    uris.append(f"{base}/{path}")
-                    if len(uris) == files:
-                        break
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"crawl {crawl}: no {listing} listing at {listing_uri}") from exc
+    listing_uri, paths = _listing(crawl, base_url, listing)
+    uris = [f"{base_url.rstrip('/')}/{path}" for path in itertools.islice(paths, files)]
     if len(uris) < files:
         raise ValueError(f"crawl {crawl}: {listing_uri} lists {len(uris)} files, {files} were asked for")
+    return uris
+
+
+def crawl_segment_uris(
+    crawl: str, segments: int, base_url: str = DATA_HOST, listing: Literal["wet", "warc"] = "wet"
+) -> list[str]:
+    """The URIs of every file of the first ``segments`` segments of a crawl (hundreds of files each)."""
+    if segments < 1:
+        raise ValueError(f"segments must be >= 1, got {segments}")
+    listing_uri, paths = _listing(crawl, base_url, listing)
+    uris: list[str] = []
+    seen: list[str] = []
+    for path in paths:
+        segment = path.split("/segments/", 1)[-1].split("/", 1)[0]
+        if segment not in seen:
+            if len(seen) == segments:
+                break
+            seen.append(segment)
+        uris.append(f"{base_url.rstrip('/')}/{path}")
+    if len(seen) < segments:
+        raise ValueError(f"crawl {crawl}: {listing_uri} lists {len(seen)} segments, {segments} were asked for")
     return uris
 
 

@@ -30,3 +30,11 @@ def test_configs_that_cannot_work_fail_before_any_work(tmp_path):
         IngestConfig(source="c4", inputs=[])
     with pytest.raises(ValidationError):
         IngestConfig(source="gopher", inputs=["x"])
+
+
+def test_crawl_options_are_checked_before_any_work():
+    with pytest.raises(ValidationError, match="exactly one of crawl_segments or crawl_files"):
+        IngestConfig(source="commoncrawl", crawl="CC-MAIN-2023-23")
+    with pytest.raises(ValidationError, match="for the commoncrawl source"):
+        IngestConfig(source="c4", crawl="CC-MAIN-2023-23", crawl_files=1)
+    assert IngestConfig(source="commoncrawl", crawl="CC-MAIN-2023-23", crawl_segments=2).inputs == []

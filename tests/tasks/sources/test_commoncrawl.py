@@ -17,7 +17,14 @@ from fastwarc.warc import ArchiveIterator, WarcRecordType
 from tasks.documents import BadRecord, Document, make_doc_id
 from tasks.shards import part_location, quarantine_location
 from tasks.sources import commoncrawl
-from tasks.sources.commoncrawl import CommonCrawlReader, RecordError, crawl_file_uris, decode_html, detect_language
+from tasks.sources.commoncrawl import (
+    CommonCrawlReader,
+    RecordError,
+    crawl_file_uris,
+    crawl_segment_uris,
+    decode_html,
+    detect_language,
+)
 from tasks.stage import InputFile, ShardUnit, StageSpec, run_shard
 from tasks.steps import Drop
 from tasks.synthetic.commoncrawl import (
@@ -299,3 +306,26 @@ def test_crawl_listing_errors_are_clear(crawl_host):
         crawl_file_uris("CC-MAIN-2019-04", 1, base_url=base)
     with pytest.raises(ValueError, match="lists 3 files, 5 were asked for"):
         crawl_file_uris("CC-MAIN-2023-23", 5, base_url=base)
+
+
+def test_crawl_segments_select_every_file_of_the_first_segments(tmp_path):
+    listing = "".join(
+        f"crawl-data/CC-MAIN-2023-23/segments/{segment}/wet/CC-MAIN-{segment}-{n:05d}.warc.wet.gz\n"
+        for segment in ("1685224643388.45", "1685224643388.46", "1685224643388.47")
+        for n in range(3)
+    )
+    folder = tmp_path / "crawl-data" / "CC-MAIN-2023-23"
+    folder.mkdir(parents=True)
+    (folder / "wet.paths.gz").write_bytes(gzip.compress(listing.encode()))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_QuietHandler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        uris = crawl_segment_uris("CC-MAIN-2023-23", 2, base_url=base)
+        assert len(uris) == 6 and all(".45/" in u or ".46/" in u for u in uris)
+        assert uris == [f"{base}/{line}" for line in listing.splitlines()[:6]]
+        with pytest.raises(ValueError, match="lists 3 segments, 4 were asked for"):
+            crawl_segment_uris("CC-MAIN-2023-23", 4, base_url=base)
+    finally:
+        server.shutdown()
+        server.server_close()
