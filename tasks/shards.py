@@ -200,3 +200,20 @@ def summarise(receipts: list[PartReceipt]) -> dict[str, Any]:
     summary = total(receipts)
     summary["by_source"] = {s: total([r for r in receipts if r.source == s]) for s in sources}
     return summary
+
+
+def read_part(location: Location, batch_rows: int = 1024):
+    """Stream the documents of a part back, row group by row group (typed extra columns included)."""
+    with location.open_random_access() as f:
+        parquet = pq.ParquetFile(f)
+        extra = [name for name in parquet.schema_arrow.names if name not in ("id", "source", "text", "meta")]
+        for batch in parquet.iter_batches(batch_size=batch_rows):
+            columns = batch.to_pydict()
+            for row in range(batch.num_rows):
+                yield Document(
+                    id=columns["id"][row],
+                    source=columns["source"][row],
+                    text=columns["text"][row],
+                    meta=json.loads(columns["meta"][row]),
+                    columns={name: columns[name][row] for name in extra},
+                )

@@ -305,3 +305,28 @@ def run_stage(
             if on_part_done is not None:
                 on_part_done(receipt)
     return write_manifest(spec, units, receipts, time.perf_counter() - started)
+
+
+@dataclass(frozen=True)
+class PartReader:
+    """Reads the parts of an earlier stage: a unit's input is one part file."""
+
+    def read(self, unit: ShardUnit) -> Iterator[Document | Drop | BadRecord]:
+        if unit.input is None:
+            raise ValueError(f"{unit.source} part {unit.index}: a part reader needs an input part")
+        from tasks.shards import read_part
+
+        yield from read_part(resolve(unit.input.uri))
+
+
+def units_from_stage(stage_dir: Location, sources: Sequence[str] | None = None) -> list[ShardUnit]:
+    """One unit per part of a finished stage (optionally only some sources), inputs as in its manifest."""
+    manifest = stage_dir.join(MANIFEST)
+    if not manifest.exists():
+        raise FileNotFoundError(f"{manifest.uri}: no manifest: {stage_dir.uri} is not a finished stage")
+    parts = manifest.read_json()["parts"]
+    return [
+        ShardUnit(p["source"], p["index"], InputFile(uri=p["path"], size=p["bytes"], sha256=p["sha256"]))
+        for p in parts
+        if sources is None or p["source"] in sources
+    ]

@@ -14,7 +14,7 @@ import pytest
 from tasks.documents import Document
 from tasks.shards import PartReceipt, part_location, quarantine_location, receipt_location
 from tasks.sources.jsonl import JsonlReader
-from tasks.stage import InputFile, ShardUnit, StageSpec, run_shard, run_stage
+from tasks.stage import InputFile, PartReader, ShardUnit, StageSpec, run_shard, run_stage, units_from_stage
 from tasks.steps import Drop, MinLength, Step
 from tasks.validate import check_part, check_stage_level
 from tests.helpers import doc_line, write_jsonl_gz
@@ -200,3 +200,17 @@ def test_reader_drops_are_counted_with_their_reason(tmp_path):
     spec = StageSpec(root=str(tmp_path), name="ingest", reader=EveryThirdIsARedirect())
     receipt = run_shard(spec, ShardUnit("toy", 0))
     assert (receipt.docs_in, receipt.kept, receipt.dropped) == (10, 6, {"toy:redirect": 4})
+
+
+def test_a_stage_reads_an_earlier_stage_back(tmp_path, ray_local):
+    first = make_spec(tmp_path / "out", name="ingest")
+    run_stage(first, make_units(tmp_path, files=2))
+    units = units_from_stage(first.stage_dir)
+    assert [(u.source, u.index) for u in units] == [("c4", 0), ("c4", 1)]
+    second = StageSpec(root=str(tmp_path / "out"), name="filtered", reader=PartReader(), steps=lambda: [MinLength(400)])
+    manifest = run_stage(second, units)
+    totals = manifest["totals"]
+    assert totals["docs_in"] == 46 and totals["kept"] + totals["dropped_total"] == 46 and totals["quarantined"] == 0
+    original = {d.id: d for u in units for d in PartReader().read(u)}
+    kept = [d for u in units_from_stage(second.stage_dir) for d in PartReader().read(u)]
+    assert kept and all(original[d.id] == d and len(d.text) >= 400 for d in kept)
