@@ -19,7 +19,8 @@ import io
 import random
 import tarfile
 from dataclasses import dataclass
-from pathlib import Path
+
+from tasks.synthetic import write_files
 
 DOCUMENT = "document"
 BAD = "bad"
@@ -43,14 +44,7 @@ class ExpectedPaper:
 
 def write_inputs(folder: str, seed: int = 0) -> list[str]:
     """Write the papers into ``folder`` and return their paths, in the order of :func:`expected_papers`."""
-    root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for expected, data in _papers(seed):
-        path = root / expected.file_name
-        path.write_bytes(data)
-        paths.append(str(path))
-    return paths
+    return write_files(folder, ((expected.file_name, data) for expected, data in _papers(seed)))
 
 
 def expected_papers(seed: int = 0) -> list[ExpectedPaper]:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import random
 import textwrap
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from tasks.synthetic import write_files
 
 DOCUMENT = "document"
 DROPPED = "books:no_text_after_boilerplate"
@@ -136,14 +137,7 @@ class ExpectedBook:
 
 def write_inputs(folder: str, seed: int = 0) -> list[str]:
     """Write the files into ``folder`` and return their paths, in the order of :func:`expected_books`."""
-    root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for expected, data in _books(seed):
-        path = root / expected.file_name
-        path.write_bytes(data)
-        paths.append(str(path))
-    return paths
+    return write_files(folder, ((expected.file_name, data) for expected, data in _books(seed)))
 
 
 def expected_books(seed: int = 0) -> list[ExpectedBook]:
