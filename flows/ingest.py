@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field, model_validator
 from infra.ray_env import ensure_ray
 from infra.settings import default_data_root
 from tasks.sources import SourceName, make_reader
-from tasks.stage import InputFile, ShardUnit, StageSpec, run_stage
+from tasks.stage import InputFile, StageSpec, plan_units, run_stage
 from tasks.storage import expand_inputs, resolve
 
 STAGE = "ingest"
@@ -27,6 +27,9 @@ class IngestConfig(BaseModel):
     inputs: list[str] = Field(default_factory=list, description="Files, folders (all files inside) or URIs")
     output: str = Field(default_factory=default_data_root, description="Data root: the stage is <output>/ingest")
     strict: bool = Field(False, description="Fail the run when any record was quarantined")
+    split_bytes: int | None = Field(
+        256 << 20, ge=1 << 20, description="Split inputs larger than this into several parts where the format allows"
+    )
     crawl: str | None = Field(None, description="commoncrawl only: a crawl name such as CC-MAIN-2023-23")
     crawl_segments: int | None = Field(None, ge=1, description="With crawl: every WET file of the first N segments")
     crawl_files: int | None = Field(None, ge=1, description="With crawl: the first N WET files of the listing")
@@ -90,9 +93,14 @@ def ingest_source(config: IngestConfig, inputs: list[InputFile]) -> dict[str, An
         root=config.output,
         name=STAGE,
         reader=reader,
-        parameters={"source": config.source, "reader": repr(reader), "inputs": [i.sha256 for i in inputs]},
+        parameters={
+            "source": config.source,
+            "reader": repr(reader),
+            "inputs": [i.sha256 for i in inputs],
+            "split_bytes": config.split_bytes,
+        },
     )
-    units = [ShardUnit(config.source, index, input_file) for index, input_file in enumerate(inputs)]
+    units = plan_units(config.source, reader, inputs, config.split_bytes)
 
     def log_part(r):
         logger.info("%s: %d in, %d kept, %d dropped, %d quarantined",

@@ -147,6 +147,7 @@ class PartReceipt:
     index: int
     path: str
     input: str | None
+    byte_range: list[int] | None = None  # [start, end) of a split input
     fingerprint: str = ""  # of the stage parameters that produced it: other parameters redo it
     docs_in: int = 0
     kept: int = 0

@@ -60,6 +60,8 @@ class ShardUnit:
     source: str
     index: int
     input: InputFile | None = None
+    # A split of a large input: the unit takes the records that *start* in [start, end) bytes.
+    byte_range: tuple[int, int] | None = None
 
 
 class Reader(Protocol):
@@ -70,6 +72,24 @@ class Reader(Protocol):
     """
 
     def read(self, unit: ShardUnit) -> Iterator[Document | Drop | BadRecord]: ...
+
+
+class SplittableReader(Reader, Protocol):
+    """A reader whose format has record boundaries it can find from any byte offset."""
+
+    def split(self, input_file: InputFile, target_bytes: int) -> list[tuple[int, int]]: ...
+
+
+def plan_units(source: str, reader: Reader, inputs: Sequence[InputFile], split_bytes: int | None) -> list[ShardUnit]:
+    """One unit per input, or per split of an input larger than ``split_bytes`` when the format allows."""
+    units: list[ShardUnit] = []
+    for input_file in inputs:
+        ranges = None
+        if split_bytes and input_file.size > split_bytes and hasattr(reader, "split"):
+            ranges = reader.split(input_file, split_bytes)
+        for byte_range in ranges or [None]:
+            units.append(ShardUnit(source, len(units), input_file, byte_range))
+    return units
 
 
 @dataclass
@@ -113,6 +133,7 @@ def run_shard(spec: StageSpec, unit: ShardUnit) -> PartReceipt:
         index=unit.index,
         path=target.uri,
         input=unit.input.uri if unit.input else None,
+        byte_range=list(unit.byte_range) if unit.byte_range else None,
         fingerprint=spec.fingerprint(),
     )
     dropped: dict[str, int] = {}
@@ -223,7 +244,7 @@ def write_manifest(
             "code_version": code_version(),
             "finished_at": finished_at,
             "wall_seconds": round(wall_seconds, 3),
-            "inputs": [asdict(u.input) for u in units if u.source == source and u.input is not None],
+            "inputs": list({u.input.uri: asdict(u.input) for u in units if u.source == source and u.input}.values()),
         }
     parts = [p for p in before["parts"] if p["source"] not in sources]
     parts += [asdict(r) for r in receipts]

@@ -14,7 +14,16 @@ import pytest
 from tasks.documents import Document
 from tasks.shards import PartReceipt, part_location, quarantine_location, receipt_location
 from tasks.sources.jsonl import JsonlReader
-from tasks.stage import InputFile, PartReader, ShardUnit, StageSpec, run_shard, run_stage, units_from_stage
+from tasks.stage import (
+    InputFile,
+    PartReader,
+    ShardUnit,
+    StageSpec,
+    plan_units,
+    run_shard,
+    run_stage,
+    units_from_stage,
+)
 from tasks.steps import Drop, MinLength, Step
 from tasks.validate import check_part, check_stage_level
 from tests.helpers import doc_line, write_jsonl_gz
@@ -214,3 +223,38 @@ def test_a_stage_reads_an_earlier_stage_back(tmp_path, ray_local):
     original = {d.id: d for u in units for d in PartReader().read(u)}
     kept = [d for u in units_from_stage(second.stage_dir) for d in PartReader().read(u)]
     assert kept and all(original[d.id] == d and len(d.text) >= 400 for d in kept)
+
+
+@dataclass(frozen=True)
+class LinesAreRecords:
+    """A toy splittable format: every line is a record; a split takes the lines starting in its range."""
+
+    def split(self, input_file, target_bytes):
+        edges = list(range(0, input_file.size, target_bytes)) + [input_file.size]
+        return list(zip(edges, edges[1:]))
+
+    def read(self, unit):
+        start, end = unit.byte_range or (0, unit.input.size)
+        offset = 0
+        with open(unit.input.uri, "rb") as f:
+            for line in f:
+                if start <= offset < end:
+                    yield Document(f"l{offset}", unit.source, line.decode())
+                offset += len(line)
+
+
+def test_large_inputs_split_into_units_that_cover_every_record_once(tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"".join(b"record %04d ............\n" % n for n in range(400)))  # 10,000 bytes
+    small = tmp_path / "small.txt"
+    small.write_bytes(b"one\ntwo\n")
+    inputs = [InputFile.describe(str(big)), InputFile.describe(str(small))]
+    units = plan_units("toy", LinesAreRecords(), inputs, split_bytes=3000)
+    assert [(u.index, u.input.uri == str(big), u.byte_range) for u in units] == [
+        (0, True, (0, 3000)), (1, True, (3000, 6000)), (2, True, (6000, 9000)), (3, True, (9000, 10000)), (4, False, None)
+    ]
+    spec = StageSpec(root=str(tmp_path / "out"), name="ingest", reader=LinesAreRecords())
+    receipts = [run_shard(spec, unit) for unit in units]
+    assert [r.byte_range for r in receipts][:2] == [[0, 3000], [3000, 6000]]
+    assert sum(r.kept for r in receipts) == 402
+    assert plan_units("toy", JsonlReader(), inputs, split_bytes=3000) == [ShardUnit("toy", 0, inputs[0]), ShardUnit("toy", 1, inputs[1])]
