@@ -27,6 +27,12 @@ app.command()(stack.status)
 app.command()(stack.down)
 
 
+# Without a server to talk to, flows start a temporary one; on a busy laptop its first start (a new
+# database) takes longer than Prefect's default 30 s. Its telemetry would try the network: off.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
 def use_running_stack() -> None:
     """Send this command's flow runs to the stack `llamaline up` started, when one runs here.
 
