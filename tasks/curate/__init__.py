@@ -1,0 +1,1 @@
+"""Curation steps and stages: dedup, filters, quality, PII."""

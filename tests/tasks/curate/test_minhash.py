@@ -1,0 +1,193 @@
+"""MinHash dedup: parameters, signatures, clustering, and the staged pipeline on a known corpus."""
+
+import itertools
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.curate.minhash import (
+    MinHashConfig,
+    Signer,
+    audit_location,
+    connected_duplicates,
+    jaccard,
+    normalise,
+    run_dedup,
+    run_minhash_dedup,
+    shingle_set,
+    shingles,
+)
+from tasks.documents import make_doc_id
+from tasks.shards import read_part
+from tasks.sources.jsonl import JsonlReader
+from tasks.stage import InputFile, ShardUnit, StageSpec, run_stage, units_from_stage
+from tasks.storage import resolve
+from tasks.synthetic.near_duplicates import edit, generate, true_pairs
+
+STAGES = ("signatures", "pairs", "verified", "clusters", "audit")
+
+
+def test_bands_and_rows_reproduce_the_redpajama_table():
+    assert MinHashConfig(threshold=0.7).bands_rows == (14, 9)
+    assert MinHashConfig(threshold=0.8).bands_rows == (9, 13)
+    assert MinHashConfig(threshold=0.9).bands_rows == (5, 25)
+
+
+def test_normalisation_folds_case_accents_digits_and_punctuation():
+    assert normalise("Café, 2019: «Naïve» fin_de_siècle!") == ["cafe", "0000", "naive", "fin", "de", "siecle"]
+    assert list(shingles("One two three", 5)) == [b"one two three"]
+    assert list(shingles("... !!", 5)) == []
+    assert list(shingles("ab cd", 3, "chars")) == [b"ab ", b"b c", b" cd"]
+
+
+def test_signers_with_one_seed_agree_and_estimate_jaccard():
+    words = generate(seed=3, families=1, unrelated=0).documents[0].text.split()
+    variant = " ".join(edit(words, 0.05, random.Random(1), ["zz"]))
+    first, second = Signer(MinHashConfig()), Signer(MinHashConfig())
+    assert np.array_equal(first.sign(" ".join(words)), second.sign(" ".join(words)))
+    assert not np.array_equal(first.sign(" ".join(words)), Signer(MinHashConfig(seed=2)).sign(" ".join(words)))
+    estimate = float((first.sign(" ".join(words)) == second.sign(variant)).mean())
+    truth = jaccard(shingle_set(" ".join(words), 5), shingle_set(variant, 5))
+    assert abs(estimate - truth) < 0.15
+    assert first.sign("!!!") is None
+
+
+def test_each_cluster_keeps_its_smallest_position():
+    a = np.array([5, 2, 9, 40], dtype=np.int64)
+    b = np.array([7, 5, 11, 41], dtype=np.int64)
+    documents, representatives = connected_duplicates(a, b)
+    assert dict(zip(documents.tolist(), representatives.tolist())) == {5: 2, 7: 2, 11: 9, 41: 40}
+
+
+def ingest(corpus, folder: Path) -> Path:
+    files = corpus.write_jsonl(folder / "raw")
+    units = [ShardUnit(source, i, InputFile.describe(str(p))) for source, paths in files.items() for i, p in enumerate(paths)]
+    run_stage(StageSpec(str(folder / "out"), "ingest", JsonlReader()), units)
+    return folder / "out"
+
+
+def outcome(corpus, root: Path, stage_name: str = "minhash"):
+    """Kept and dropped natural keys, and the audit rows keyed by natural key."""
+    key_of = {make_doc_id(d.source, d.key): d.key for d in corpus.documents}
+    kept = {key_of[d.id] for u in units_from_stage(resolve(str(root / stage_name))) for d in read_part(resolve(u.input.uri))}
+    audit = pq.read_table(audit_location(str(root), stage_name).path).to_pylist()
+    for row in audit:
+        row["dropped"], row["kept"] = key_of[row["dropped_id"]], key_of[row["kept_id"]]
+    return kept, audit
+
+
+def precision_recall(audit, truth):
+    """Precision: dropped->kept links whose true Jaccard reaches the threshold. Recall: true pairs in one cluster."""
+    links = [tuple(sorted((r["dropped"], r["kept"]))) for r in audit]
+    cluster_of = {r["dropped"]: r["kept"] for r in audit}
+    same_cluster = lambda x, y: cluster_of.get(x, x) == cluster_of.get(y, y)
+    precision = sum(link in truth for link in links) / len(links)
+    recall = sum(same_cluster(x, y) for x, y in truth) / len(truth)
+    return precision, recall
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return generate(seed=7)
+
+
+@pytest.fixture(scope="module")
+def default_run(corpus, tmp_path_factory, ray_local):
+    root = ingest(corpus, tmp_path_factory.mktemp("default"))
+    manifest = run_minhash_dedup(resolve(str(root / "ingest")), str(root))
+    return root, manifest
+
+
+def test_default_threshold_finds_duplicates_with_high_precision_and_recall(corpus, default_run):
+    root, manifest = default_run
+    kept, audit = outcome(corpus, root)
+    truth = true_pairs(corpus, 0.8, 5)
+    precision, recall = precision_recall(audit, truth)
+    assert precision >= 0.95 and recall >= 0.90
+    exact = [d for d in corpus.documents if d.edit_rate == 0.0]
+    originals = {d.family: d.key for d in corpus.documents if d.family >= 0 and d.edit_rate is None}
+    assert {tuple(sorted((d.key, originals[d.family]))) for d in exact} <= {tuple(sorted((r["dropped"], r["kept"]))) for r in audit}
+    totals = manifest["totals"]
+    assert totals["docs_in"] == len(corpus.documents) == totals["kept"] + totals["dropped_total"]
+    assert totals["dropped"] == {"minhash:duplicate": len(audit)} and len(kept) == totals["kept"]
+
+
+def test_unrelated_documents_share_no_shingle(corpus):
+    sets = [shingle_set(d.text, 5) for d in corpus.documents if d.family == -1 or d.edit_rate is None]
+    assert all(not (x & y) for x, y in itertools.combinations(sets, 2))
+
+
+def test_audit_names_the_kept_document_each_dropped_one_duplicates(corpus, default_run):
+    root, _ = default_run
+    kept, audit = outcome(corpus, root)
+    dropped = {r["dropped"] for r in audit}
+    text = {d.key: d.text for d in corpus.documents}
+    assert len(dropped) == len(audit) and not dropped & kept
+    for row in audit:
+        assert row["kept"] in kept
+        # The representative is the smallest (source, part, row) of its cluster.
+        assert (row["kept_source"], row["kept_part"], row["kept_row"]) < (row["dropped_source"], row["dropped_part"], row["dropped_row"])
+        truth = jaccard(shingle_set(text[row["dropped"]], 5), shingle_set(text[row["kept"]], 5))
+        assert row["similarity"] >= 0.8 and abs(row["similarity"] - truth) < 0.1
+    assert any(r["dropped_source"] != r["kept_source"] for r in audit), "duplicates across sources are found"
+
+
+def test_a_lower_threshold_catches_edited_copies(corpus, tmp_path, ray_local):
+    # 5% edits leave a true Jaccard of about 0.6-0.7 on word 5-grams, 10% edits about 0.4-0.47:
+    # 256 permutations keep the estimate's error (about 0.03) small against that gap; weighting
+    # missed pairs in the band search finds pairs just above the threshold, verification keeps
+    # the extra candidates below it out.
+    root = ingest(corpus, tmp_path)
+    config = MinHashConfig(threshold=0.55, num_perm=256, hash_partitions=2, false_negative_weight=0.9)
+    run_dedup(resolve(str(root / "ingest")), str(root), "minhash", config)
+    _, audit = outcome(corpus, root)
+    truth = true_pairs(corpus, 0.55, 5)
+    assert any(0.55 <= s < 0.8 for s in truth.values()), "the corpus has edited copies above this threshold"
+    precision, recall = precision_recall(audit, truth)
+    assert precision >= 0.95 and recall >= 0.90
+
+
+def stage_files(root: Path) -> dict[str, bytes]:
+    """Every dedup output (intermediate stages and filtered parts), without run records (times, paths)."""
+    files = {}
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root)
+        if path.is_file() and relative.parts[0] != "ingest" and path.name != "_manifest.json" and "_receipts" not in relative.parts:
+            files[str(relative)] = path.read_bytes()
+    return files
+
+
+def test_reruns_are_deterministic_and_a_deleted_marker_redoes_only_its_stage(corpus, default_run, tmp_path):
+    first_root, _ = default_run
+    ingested = resolve(str(first_root / "ingest"))
+    second_root = tmp_path / "again"
+    run_minhash_dedup(ingested, str(second_root))
+    first, second = stage_files(first_root), stage_files(second_root)
+    assert first.keys() == second.keys() and first == second
+    assert (first_root / "minhash-audit" / "audit.parquet").read_bytes() == (second_root / "minhash-audit" / "audit.parquet").read_bytes()
+
+    mtimes = lambda: {p: p.stat().st_mtime_ns for p in second_root.rglob("*") if p.is_file()}
+    before = mtimes()
+    run_minhash_dedup(ingested, str(second_root))
+    assert mtimes() == before, "a finished run is skipped whole"
+
+    (second_root / "minhash-pairs" / "_SUCCESS").unlink()
+    run_minhash_dedup(ingested, str(second_root))
+    after = mtimes()
+    redone = {p.relative_to(second_root).parts[0] for p in after if before.get(p) != after[p]}
+    assert redone == {"minhash-pairs"}
+    assert stage_files(second_root) == first
+
+
+def test_a_stale_stage_is_wiped_before_it_is_redone(corpus, default_run, tmp_path):
+    root = tmp_path / "copy"
+    shutil.copytree(default_run[0], root)
+    leftover = root / "minhash-clusters" / "c4" / "part-00099.parquet"
+    leftover.write_bytes(b"half-written by a killed run")
+    (root / "minhash-clusters" / "_SUCCESS").unlink()
+    run_minhash_dedup(resolve(str(root / "ingest")), str(root))
+    assert not leftover.exists()
