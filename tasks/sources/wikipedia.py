@@ -45,7 +45,7 @@ from mwparserfromhell.nodes import Comment, ExternalLink, Heading, Tag, Template
 from mwparserfromhell.wikicode import Wikicode
 
 from tasks.documents import BadRecord, Document, make_doc_id
-from tasks.stage import ShardUnit
+from tasks.stage import InputFile, ShardUnit
 from tasks.steps import Drop
 from tasks.storage import resolve
 
@@ -57,6 +57,15 @@ ARTICLE_NAMESPACE = 0
 MEDIA_NAMESPACE_KEYS = frozenset({"6", "-2"})  # File: and Media:
 CATEGORY_NAMESPACE_KEY = "14"
 XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+MULTISTREAM_SUFFIX = "-multistream.xml.bz2"
+# A bz2 stream: "BZh", the block size digit, then the first block's magic (pi's digits in BCD).
+STREAM_START = re.compile(rb"BZh[1-9]\x31\x41\x59\x26\x53\x59")
+STREAM_START_BYTES = 10
+PAGE_START = b"<page"
+READ_CHUNK = 1 << 20
+SCAN_WINDOW = 1 << 20
+PROBE_PIECE = 64 << 10
+PROBE_OUTPUT = 64
 
 # Canonical English names work on every wiki; these are each language's own names and the aliases
 # MediaWiki's language files accept for them (File/Media, Category). The dump's <siteinfo> adds the
@@ -270,8 +279,26 @@ class WikipediaReader:
         language = dump_language(location.name)
         if language is not None:
             self.check_language(language, uri)
-        with location.open_input() as raw, _decompressed(raw, location.name) as stream:
-            yield from _DumpParse(self, unit.source, uri, language).pages(stream)
+        parse = _DumpParse(self, unit.source, uri, language)
+        if unit.byte_range is None or (unit.byte_range[0] == 0 and unit.byte_range[1] >= unit.input.size):
+            with location.open_input() as raw, _decompressed(raw, location.name) as stream:
+                yield from parse.pages(stream)
+            return
+        if not is_multistream(location.name):
+            raise ValueError(f"{uri}: only a bz2 multistream dump (*-multistream.xml.bz2) can be read in byte ranges")
+        with location.open_random_access() as raw, location.open_random_access() as probe:
+            yield from parse.split_pages(raw, probe, *unit.byte_range)
+
+    def split(self, input_file: InputFile, target_bytes: int) -> list[tuple[int, int]]:
+        """Even byte ranges of a bz2 multistream dump; any other dump stays one range.
+
+        A split finds its first stream from any offset (see :func:`_next_stream`); a single bz2
+        stream, gzip or plain XML has no boundary a reader can find without reading from the start.
+        """
+        if not is_multistream(resolve(input_file.uri).name):
+            return [(0, input_file.size)]
+        edges = [*range(0, input_file.size, max(1, target_bytes)), input_file.size]
+        return list(zip(edges, edges[1:]))
 
     def check_language(self, language: str, uri: str) -> None:
         if language not in self.languages:
@@ -317,14 +344,60 @@ class _DumpParse:
         self.ns = ""
         self.site_namespaces: dict[str, str] = {}
         self.cleaner: WikitextCleaner | None = None
-        self.pages_seen = 0
+        self.root: ET.Element | None = None
+        # A split names a page by its stream's byte offset (as the multistream index does) and
+        # its number in that stream: the same name whatever the split sizes.
+        self.stream_start: int | None = None
+        self.pages_seen = 0  # in the file; in the current stream for a split
 
     def pages(self, stream: Any) -> Iterator[Document | Drop | BadRecord]:
-        root: ET.Element | None = None
+        yield from self._items(ET.iterparse(stream, events=("start", "end")))
+
+    def split_pages(self, raw: Any, probe: Any, start: int, end: int) -> Iterator[Document | Drop | BadRecord]:
+        """The pages of the streams that start in [start, end), parsed after the dump's header.
+
+        A split after the first feeds the parser the first stream up to its first ``<page>`` (the
+        ``<mediawiki>`` start tag and ``<siteinfo>``), then its own streams; it closes the document
+        only when it reaches the file's end, so a split that ends before is well-formed so far.
+        Like :class:`tasks.sources.commoncrawl.CommonCrawlReader`, a split also takes bytes after
+        its last stream that are no stream (the next split, starting at a stream, skips them).
+        """
+        position = 0 if start == 0 else _next_stream(probe, start)
+        if position is None or position >= end:
+            return
+        parser = ET.XMLPullParser(events=("start", "end"))
+        if start > 0:
+            yield from self._items(self._header_events(parser, _Bz2Streams(raw, 0)))
+        yield from self._items(self._stream_events(parser, _Bz2Streams(raw, position), probe, end))
+
+    def _header_events(self, parser: ET.XMLPullParser, streams: _Bz2Streams) -> Iterator[tuple[str, ET.Element]]:
+        header = b""
+        for piece in streams.stream():
+            header += piece
+            if PAGE_START in header:
+                break
+        parser.feed(header.partition(PAGE_START)[0])
+        yield from parser.read_events()
+
+    def _stream_events(
+        self, parser: ET.XMLPullParser, streams: _Bz2Streams, probe: Any, end: int
+    ) -> Iterator[tuple[str, ET.Element]]:
+        while not streams.at_end():
+            if streams.offset >= end and _starts_stream(probe, streams.offset):
+                return
+            self.stream_start, self.pages_seen = streams.offset, 0
+            for piece in streams.stream():
+                parser.feed(piece)
+                yield from parser.read_events()
+        parser.close()
+        yield from parser.read_events()
+
+    def _items(self, events: Iterator[tuple[str, ET.Element]]) -> Iterator[Document | Drop | BadRecord]:
+        root = self.root
         try:
-            for event, elem in ET.iterparse(stream, events=("start", "end")):
+            for event, elem in events:
                 if root is None:
-                    root = elem
+                    root = self.root = elem
                     self._start(root)
                 elif event == "end" and elem.tag == self.ns + "page":
                     self.pages_seen += 1
@@ -359,11 +432,20 @@ class _DumpParse:
     def _unreadable_rest(self, root: ET.Element | None, error: str, position: str) -> BadRecord:
         if root is None:
             return BadRecord(f"{self.uri}:start{position}", f"no MediaWiki XML: empty or not XML: {error}", "")
-        where = f"{self.uri}:page {self.pages_seen + 1}{_page_label(root, self.ns)}{position}"
-        return BadRecord(where, f"{error}; the rest of the file after page {self.pages_seen} is unreadable", "")
+        where = f"{self.uri}:{self._page_name(self.pages_seen + 1)}{_page_label(root, self.ns)}{position}"
+        if self.stream_start is None:
+            rest = f"the rest of the file after page {self.pages_seen} is unreadable"
+        else:
+            rest = "the rest of the split is unreadable"
+        return BadRecord(where, f"{error}; {rest}", "")
+
+    def _page_name(self, number: int) -> str:
+        if self.stream_start is None:
+            return f"page {number}"
+        return f"page {number} of the stream at byte {self.stream_start}"
 
     def _page(self, page: ET.Element) -> Document | Drop | BadRecord:
-        locator = f"{self.uri}:page {self.pages_seen}{_page_label_of(page, self.ns)}"
+        locator = f"{self.uri}:{self._page_name(self.pages_seen)}{_page_label_of(page, self.ns)}"
         try:
             return self._page_item(page, locator)
         except _BadPage as exc:
@@ -427,6 +509,76 @@ class _DumpParse:
         if self.cleaner is None:
             self.cleaner = WikitextCleaner.for_language(self.language, self.site_namespaces)
         return self.cleaner
+
+
+class _Bz2Streams:
+    """The bz2 streams of a file from ``offset`` on, decompressed one stream at a time.
+
+    ``offset`` is the file position of the next stream once the current one is read.
+    """
+
+    def __init__(self, raw: Any, offset: int) -> None:
+        raw.seek(offset)
+        self._raw = raw
+        self._pending = b""
+        self.offset = offset
+
+    def at_end(self) -> bool:
+        if not self._pending:
+            self._pending = self._raw.read(READ_CHUNK)
+        return not self._pending
+
+    def stream(self) -> Iterator[bytes]:
+        start = self.offset
+        decompressor = bz2.BZ2Decompressor()
+        while not decompressor.eof:
+            piece = b""
+            if decompressor.needs_input:
+                piece, self._pending = self._pending or self._raw.read(READ_CHUNK), b""
+                if not piece:
+                    raise EOFError(f"the file ends inside the bz2 stream at byte {start}")
+                self.offset += len(piece)
+            if output := decompressor.decompress(piece, READ_CHUNK):
+                yield output
+        self._pending = decompressor.unused_data
+        self.offset -= len(self._pending)
+
+
+def is_multistream(name: str) -> bool:
+    return name.endswith(MULTISTREAM_SUFFIX)
+
+
+def _next_stream(probe: Any, offset: int) -> int | None:
+    """The offset of the first bz2 stream at or after ``offset`` (stream and block magic, then it decompresses)."""
+    position = offset
+    while True:
+        probe.seek(position)
+        window = probe.read(SCAN_WINDOW)
+        for found in STREAM_START.finditer(window):
+            if _starts_stream(probe, position + found.start()):
+                return position + found.start()
+        if len(window) < SCAN_WINDOW:
+            return None
+        position += len(window) - STREAM_START_BYTES + 1
+
+
+def _starts_stream(probe: Any, offset: int) -> bool:
+    """A stream starts at ``offset`` when its magic is there and its first block decompresses to XML."""
+    probe.seek(offset)
+    if not STREAM_START.match(probe.read(STREAM_START_BYTES)):
+        return False
+    probe.seek(offset)
+    decompressor = bz2.BZ2Decompressor()
+    output = b""
+    try:
+        while not output.strip() and not decompressor.eof:
+            piece = probe.read(PROBE_PIECE) if decompressor.needs_input else b""
+            if decompressor.needs_input and not piece:
+                return False
+            output += decompressor.decompress(piece, PROBE_OUTPUT)
+    except OSError:
+        return False
+    return output.lstrip().startswith(b"<")
 
 
 class _BadPage(ValueError):

@@ -16,7 +16,7 @@ from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 from tasks.documents import BadRecord, Document, make_doc_id
 from tasks.shards import part_location, quarantine_location
-from tasks.sources import commoncrawl
+from tasks import language
 from tasks.sources.commoncrawl import (
     CommonCrawlReader,
     RecordError,
@@ -198,7 +198,7 @@ def test_language_detection_runs_offline(monkeypatch):
         raise OSError("network access in a test")
 
     monkeypatch.setattr(socket.socket, "connect", refuse)
-    commoncrawl._language_detector.cache_clear()
+    language._language_detector.cache_clear()
     assert detect_language("Der alte Hund läuft jeden Morgen über die Straße zum Bäcker.")[0] == "de"
 
 
