@@ -1,8 +1,8 @@
 """`demo`: the platform end to end on data it makes itself.
 
 For each source with a reader, writes small synthetic inputs with known faults (broken records,
-boilerplate, legacy encodings), ingests them with the `ingest` flow on Ray, then validates the
-stage with the `shards` flow. Later stages of the pipeline hang off the same layout.
+boilerplate, legacy encodings), ingests them with the `ingest` flow on Ray, curates them with the
+LLaMA 1 recipe (`curate` flow), and validates both stages with the `shards` flow.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow, task
 from pydantic import BaseModel, Field, field_validator
 
+from flows.curate import CurateConfig, curate
 from flows.ingest import IngestConfig, ingest
 from flows.shards import ShardsConfig, shards
 from infra.settings import default_data_root
@@ -45,6 +46,8 @@ def demo(config: DemoConfig = DemoConfig()) -> dict[str, Any]:
     for source in config.sources:
         inputs = generate_inputs(source, root.join("raw", source).uri, config.seed)
         ingest(IngestConfig(source=source, inputs=inputs, output=root.uri))
-    report = shards(ShardsConfig(stage_dir=root.join("ingest").uri))
-    print(f"demo: {sum(s['kept'] for s in report['by_source'].values())} documents in {report['stage_dir']}, valid={report['valid']}")
+    shards(ShardsConfig(stage_dir=root.join("ingest").uri))
+    curate(CurateConfig(input=root.join("ingest").uri, output=root.uri))
+    report = shards(ShardsConfig(stage_dir=root.join("curated").uri))
+    print(f"demo: {sum(s['kept'] for s in report['by_source'].values())} curated documents in {report['stage_dir']}")
     return report

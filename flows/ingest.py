@@ -96,7 +96,6 @@ def ingest_source(config: IngestConfig, inputs: list[InputFile]) -> dict[str, An
         parameters={
             "source": config.source,
             "reader": repr(reader),
-            "inputs": [i.sha256 for i in inputs],
             "split_bytes": config.split_bytes,
         },
     )

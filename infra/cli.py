@@ -87,7 +87,7 @@ def ingest(
         config = IngestConfig(
             source=source,
             inputs=input or [],
-            output=output if "://" in output else str(Path(output).resolve()),
+            output=_absolute(output),
             strict=strict,
             crawl=crawl,
             crawl_segments=segments,
@@ -100,6 +100,42 @@ def ingest(
     if not state.is_completed():
         console.print(f"[red]failed[/red] {state.message}")
         raise typer.Exit(code=1)
+
+
+@app.command()
+def curate(
+    input: Annotated[str, typer.Option(help="The ingest stage folder (<data root>/ingest)")] = "data/ingest",
+    output: Annotated[str, typer.Option(help="Data root for the curation stages")] = "data",
+    recipe: Annotated[str, typer.Option(help="Recipe name (llama1) or a recipe YAML file")] = "llama1",
+) -> None:
+    """Curate ingested documents by a recipe: line dedup, filters, near-dedup, PII (the `curate` flow).
+
+    Exit code 0: done; 1: the run failed; 2: bad arguments (a recipe that does not load).
+    """
+    use_running_stack()
+    from pydantic import ValidationError
+
+    from flows.curate import CurateConfig, curate as curate_flow
+
+    try:
+        config = CurateConfig(input=_absolute(input), output=_absolute(output), recipe=recipe)
+    except ValidationError as exc:
+        console.print(f"[red]error[/red] {exc.errors()[0]['msg']}")
+        raise typer.Exit(code=2) from exc
+    state = curate_flow(config, return_state=True)
+    if not state.is_completed():
+        console.print(f"[red]failed[/red] {state.message}")
+        raise typer.Exit(code=1)
+    table = Table(title=f"curation ({config.recipe})")
+    for column in ("stage", "source", "docs_in", "kept", "dropped", "quarantined"):
+        table.add_column(column)
+    for row in state.result():
+        table.add_row(*(str(row[c]) for c in ("stage", "source", "docs_in", "kept", "dropped", "quarantined")))
+    console.print(table)
+
+
+def _absolute(path_or_uri: str) -> str:
+    return path_or_uri if "://" in path_or_uri else str(Path(path_or_uri).resolve())
 
 
 @app.command()

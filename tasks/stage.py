@@ -7,6 +7,7 @@ skips finished parts and redoes the rest, and a finished stage is skipped whole.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -286,6 +287,16 @@ def load_manifest(spec: StageSpec) -> dict[str, Any]:
     return spec.stage_dir.join(MANIFEST).read_json()
 
 
+def _bound_to_inputs(spec: StageSpec, units: Sequence[ShardUnit]) -> StageSpec:
+    """The spec with a digest of its units' inputs among its parameters (so in its fingerprint)."""
+    described = [
+        (u.source, u.index, u.input.uri if u.input else None, u.input.sha256 if u.input else None, u.byte_range)
+        for u in units
+    ]
+    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+    return dataclasses.replace(spec, parameters={**spec.parameters, "inputs_digest": digest})
+
+
 def run_stage(
     spec: StageSpec,
     units: Sequence[ShardUnit],
@@ -293,8 +304,10 @@ def run_stage(
 ) -> dict[str, Any]:
     """Run every unit as a Ray task (finished parts are skipped) and write the manifest.
 
-    A stage already completed with the same parameters returns its manifest without any work.
+    A stage already completed with the same parameters and inputs returns its manifest without
+    any work; changed inputs (an upstream stage redone differently) redo it.
     """
+    spec = _bound_to_inputs(spec, units)
     if stage_is_complete(spec, _sources(units)):
         return load_manifest(spec)
     indices = [(u.source, u.index) for u in units]

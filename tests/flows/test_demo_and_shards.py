@@ -1,5 +1,6 @@
 """The demo and shards flows against a real Prefect API and a real local Ray."""
 
+import json
 import shutil
 
 import pyarrow.parquet as pq
@@ -27,15 +28,19 @@ def demo_stage(tmp_path_factory, prefect_api, ray_local):
     return state.result(), state.state_details.flow_run_id, root
 
 
-def test_demo_flow_ingests_and_validates(demo_stage):
+def test_demo_flow_ingests_curates_and_validates(demo_stage):
     report, flow_run_id, root = demo_stage
-    assert report["valid"] and report["problems"] == []
-    stats = report["by_source"]["c4"]
+    assert report["valid"] and report["problems"] == [] and report["stage"] == "curated"
+    ingested = (root / "demo" / "ingest" / "_manifest.json").read_text()
+    stats = json.loads(ingested)["totals"]["by_source"]["c4"]
     assert stats["parts"] == 2
-    assert stats["docs_in"] == 400 == stats["kept"] + stats["dropped"] + stats["quarantined"]
-    assert stats["quarantined"] > 0 and stats["kept"] > 300
-    kinds = {a.key: a.type for a in _artifacts(["ingest-c4", "shards-ingest", "shards-ingest-summary"])}
-    assert kinds == {"ingest-c4": "table", "shards-ingest": "table", "shards-ingest-summary": "markdown"}
+    assert stats["docs_in"] == 400 == stats["kept"] + stats["dropped_total"] + stats["quarantined"]
+    assert stats["quarantined"] > 0
+    assert 0 < report["by_source"]["c4"]["kept"] <= stats["kept"]
+    keys = ["ingest-c4", "shards-ingest", "shards-curated-summary", "curate-stages", "curate-languages"]
+    kinds = {a.key: a.type for a in _artifacts(keys)}
+    assert kinds == {"ingest-c4": "table", "shards-ingest": "table", "shards-curated-summary": "markdown",
+                     "curate-stages": "table", "curate-languages": "markdown"}
 
 
 def test_demo_rerun_gives_identical_shards(tmp_path, prefect_api, ray_local):

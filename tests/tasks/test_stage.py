@@ -93,7 +93,8 @@ def test_stage_manifest_and_validation(tmp_path, ray_local):
     assert totals["docs_in"] == totals["kept"] + totals["dropped_total"] + totals["quarantined"]
     run = manifest["runs"]["c4"]
     assert [i["sha256"] for i in run["inputs"]] == [InputFile.describe(i["uri"]).sha256 for i in run["inputs"]]
-    assert run["code_version"]["package"] == "0.1.0" and run["parameters"] == {"min_chars": 100}
+    assert run["code_version"]["package"] == "0.1.0" and run["parameters"]["min_chars"] == 100
+    assert len(run["parameters"]["inputs_digest"]) == 64
     stage_dir = spec.stage_dir
     assert all(not p for c in [check_part(stage_dir.uri, p) for p in manifest["parts"]] for p in c.problems)
     assert check_stage_level(stage_dir, manifest) == []
@@ -258,3 +259,14 @@ def test_large_inputs_split_into_units_that_cover_every_record_once(tmp_path):
     assert [r.byte_range for r in receipts][:2] == [[0, 3000], [3000, 6000]]
     assert sum(r.kept for r in receipts) == 402
     assert plan_units("toy", JsonlReader(), inputs, split_bytes=3000) == [ShardUnit("toy", 0, inputs[0]), ShardUnit("toy", 1, inputs[1])]
+
+
+def test_changed_inputs_redo_a_finished_stage(tmp_path, ray_local):
+    spec = make_spec(tmp_path / "out")
+    units = make_units(tmp_path, files=2)
+    first = run_stage(spec, units)
+    write_jsonl_gz(tmp_path / "raw" / "in-1.jsonl.gz", [doc_line(n) for n in range(5)])  # upstream redone
+    changed = [units[0], ShardUnit("c4", 1, InputFile.describe(units[1].input.uri))]
+    second = run_stage(spec, changed)
+    assert second["parts"][1]["docs_in"] == 5
+    assert second["parts"][0]["sha256"] == first["parts"][0]["sha256"]  # redone, to the same bytes
