@@ -25,9 +25,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # Reinstalls only when the project's requirements change.
-$(STAMP): $(BIN)/python pyproject.toml constraints.txt infra/scripts/system-deps.sh
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt infra/scripts/system-deps.sh infra/scripts/build-kenlm.sh
 	@bash infra/scripts/system-deps.sh
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	@bash infra/scripts/build-kenlm.sh $(BIN)
 	@touch $@
 
 # Re-pin after changing dependency ranges in pyproject.toml.

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Debian packages the platform needs from the system: a C++ toolchain and compression headers for
-# building kenlm. Installs only what is missing; explains what to do when it cannot run as root.
+# Debian packages the platform needs from the system: a C++ toolchain, compression headers and
+# Boost for building kenlm's Python module and its lmplz/build_binary programs
+# (infra/scripts/build-kenlm.sh). Installs only what is missing; explains what to do without root.
 set -euo pipefail
 
-packages=(build-essential cmake zlib1g-dev libbz2-dev liblzma-dev)
+packages=(
+    build-essential cmake zlib1g-dev libbz2-dev liblzma-dev
+    libboost-program-options-dev libboost-system-dev libboost-thread-dev libboost-test-dev
+)
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
     echo "system-deps: not a Debian-based system; install the equivalents of: ${packages[*]}" >&2
