@@ -1,7 +1,8 @@
 """`curate`: ingested documents -> the curated corpus, per source, as a recipe says (LLaMA 1 by default).
 
-Stages under the output root, in order: line_dedup -> filtered -> minhash / book_dedup -> curated
-(see tasks/curate/recipe.py). Every stage is a shard stage of its own (manifest, receipts,
+Stages under the output root, in order: line_dedup -> filtered (with perplexity scoring where the
+recipe filters by quality) -> quality (buckets) -> minhash / book_dedup -> curated (see
+tasks/curate/recipe.py). Every stage is a shard stage of its own (manifest, receipts,
 quarantine, completion marker), so a rerun skips what is done.
 """
 
@@ -17,7 +18,8 @@ from pydantic import BaseModel, Field, model_validator
 
 from infra.ray_env import ensure_ray
 from infra.settings import default_data_root
-from tasks.curate.recipe import CurateRecipe, build_pii, load_recipe, steps_factory
+from tasks.curate.quality import PERPLEXITY_SCHEMA
+from tasks.curate.recipe import CurateRecipe, build_bucket_filter, build_filtered_steps, build_pii, load_recipe
 from tasks.shards import MANIFEST
 from tasks.stage import PartReader, StageSpec, run_stage, units_from_stage
 from tasks.storage import Location, resolve
@@ -27,13 +29,22 @@ class CurateConfig(BaseModel):
     input: str = Field(default_factory=lambda: f"{default_data_root()}/ingest", description="The ingest stage folder")
     output: str = Field(default_factory=default_data_root, description="Data root for the curation stages")
     recipe: str = Field("llama1", description="A shipped recipe's name or a recipe YAML file")
+    quality_models: str | None = Field(
+        None, description="Folder of KenLM quality models (<lang>.sp.model, <lang>.arpa.bin): train-quality-model's output"
+    )
 
     @model_validator(mode="after")
     def _recipe_loads(self) -> CurateConfig:
         try:
-            load_recipe(self.recipe)  # a bad recipe fails before any work
+            recipe = load_recipe(self.recipe)  # a bad recipe fails before any work
         except FileNotFoundError as exc:
             raise ValueError(str(exc)) from exc
+        if self.quality_models:
+            from tasks.curate.quality import QualityModel
+
+            for source in recipe.sources.values():
+                for language in source.quality.languages if source.quality else []:
+                    QualityModel.in_folder(self.quality_models, language)  # missing files fail now
         return self
 
 
@@ -58,21 +69,31 @@ def line_dedup(input_stage: str, root: str, sources: list[str], min_chars: int) 
 
 
 @task
-def per_source_stage(stage: str, root: str, source: str, input_stage: str, steps: Any, parameters: dict) -> dict[str, Any]:
+def per_source_stage(
+    stage: str, root: str, source: str, input_stage: str, steps: Any, parameters: dict, extra_columns: Any = None
+) -> dict[str, Any]:
     ensure_ray()
-    spec = StageSpec(root=root, name=stage, reader=PartReader(), steps=steps, parameters=parameters)
+    spec = StageSpec(root=root, name=stage, reader=PartReader(), steps=steps, parameters=parameters,
+                     extra_columns=extra_columns)
     return run_stage(spec, units_from_stage(resolve(input_stage), [source]))
 
 
 @task
-def near_dedup(input_stage: str, root: str, sources: list[str], recipe: CurateRecipe) -> dict[str, Any]:
+def corpus_cutoffs(scored_stage: str, source: str) -> dict[str, dict[str, float]]:
+    from tasks.curate.quality import perplexity_cutoffs
+
+    return perplexity_cutoffs(resolve(scored_stage), [source])
+
+
+@task
+def near_dedup(input_stages: dict[str, str], root: str, recipe: CurateRecipe) -> dict[str, Any]:
     from tasks.curate.minhash import run_minhash_dedup
 
     ensure_ray()
     options = recipe.minhash
     return run_minhash_dedup(
-        resolve(input_stage), root, threshold=options.threshold, num_perm=options.num_perm,
-        ngram=options.ngram, seed=options.seed, sources=sources,
+        {source: resolve(stage) for source, stage in input_stages.items()}, root, threshold=options.threshold,
+        num_perm=options.num_perm, ngram=options.ngram, seed=options.seed,
     )
 
 
@@ -129,6 +150,9 @@ def curate(config: CurateConfig = CurateConfig()) -> list[dict[str, Any]]:
     logger = get_run_logger()
     recipe = load_recipe(config.recipe)
     sources = ingested_sources(config.input, recipe)
+    needs_models = [s for s in sources if recipe.sources[s].quality]
+    if needs_models and not config.quality_models:
+        raise ValueError(f"recipe {recipe.name} filters {needs_models} by quality: give quality_models (train-quality-model)")
     root = config.output
     last = {source: config.input for source in sources}
     stages = []
@@ -143,15 +167,34 @@ def curate(config: CurateConfig = CurateConfig()) -> list[dict[str, Any]]:
         stages.append("line_dedup")
 
     for source in sources:
-        filters = recipe.sources[source].filters
-        per_source_stage("filtered", root, source, last[source], steps_factory(filters),
-                         {"filters": [f.model_dump() for f in filters]})
+        filters, quality = recipe.sources[source].filters, recipe.sources[source].quality
+        per_source_stage(
+            "filtered", root, source, last[source],
+            functools.partial(build_filtered_steps, tuple(filters), quality, config.quality_models),
+            {"filters": [f.model_dump() for f in filters], "quality": quality.model_dump() if quality else None},
+            extra_columns=PERPLEXITY_SCHEMA if quality else None,
+        )
         last[source] = resolve(root).join("filtered").uri
     stages.append("filtered")
 
+    scored = [s for s in sources if recipe.sources[s].quality]
+    for source in scored:
+        quality = recipe.sources[source].quality
+        cutoffs = corpus_cutoffs(last[source], source) if quality.cutoffs == "corpus" else quality.cutoffs
+        logger.info("%s perplexity cutoffs: %s", source, cutoffs)
+        per_source_stage(
+            "quality", root, source, last[source],
+            functools.partial(build_bucket_filter, cutoffs, tuple(quality.keep)),
+            {"cutoffs": cutoffs, "keep": quality.keep},
+            extra_columns=PERPLEXITY_SCHEMA,
+        )
+        last[source] = resolve(root).join("quality").uri
+    if scored:
+        stages.append("quality")
+
     near = [s for s in sources if recipe.sources[s].near_dedup]
     if near:
-        manifest = near_dedup(last[near[0]], root, near, recipe)
+        manifest = near_dedup({s: last[s] for s in near}, root, recipe)
         last.update({s: manifest["stage_dir"] for s in near})
         stages.append(resolve(manifest["stage_dir"]).name)
     books = [s for s in sources if recipe.sources[s].book_dedup]

@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from flows.curate import CurateConfig, curate
 from flows.ingest import IngestConfig, ingest
+from flows.quality import TrainQualityConfig, train_quality_model
 from flows.shards import ShardsConfig, shards
 from infra.settings import default_data_root
 from tasks.sources import available_sources
@@ -47,7 +48,12 @@ def demo(config: DemoConfig = DemoConfig()) -> dict[str, Any]:
         inputs = generate_inputs(source, root.join("raw", source).uri, config.seed)
         ingest(IngestConfig(source=source, inputs=inputs, output=root.uri))
     shards(ShardsConfig(stage_dir=root.join("ingest").uri))
-    curate(CurateConfig(input=root.join("ingest").uri, output=root.uri))
+    models = None
+    if "wikipedia" in config.sources:
+        models = root.join("quality_models").uri
+        # The demo's Wikipedia text is a few pages: a small vocabulary fits it.
+        train_quality_model(TrainQualityConfig(input=root.join("ingest").uri, output=models, languages=["en"], vocab_size=300))
+    curate(CurateConfig(input=root.join("ingest").uri, output=root.uri, quality_models=models))
     report = shards(ShardsConfig(stage_dir=root.join("curated").uri))
     print(f"demo: {sum(s['kept'] for s in report['by_source'].values())} curated documents in {report['stage_dir']}")
     return report

@@ -102,11 +102,34 @@ def ingest(
         raise typer.Exit(code=1)
 
 
+@app.command("train-quality-model")
+def train_quality_model(
+    input: Annotated[str, typer.Option(help="The ingest stage folder (its wikipedia source is used)")] = "data/ingest",
+    output: Annotated[Path, typer.Option(help="Folder for <lang>.sp.model and <lang>.arpa.bin")] = Path("data/quality_models"),
+    language: Annotated[list[str] | None, typer.Option(help="Languages to train (repeatable; default: all found)")] = None,
+    vocab_size: Annotated[int, typer.Option(min=100, help="SentencePiece vocabulary size")] = 65536,
+) -> None:
+    """Train CCNet's quality models on the ingested Wikipedia text (the `train-quality-model` flow)."""
+    use_running_stack()
+    from flows.quality import TrainQualityConfig, train_quality_model as train_flow
+
+    config = TrainQualityConfig(input=_absolute(input), output=str(output.resolve()), languages=language, vocab_size=vocab_size)
+    state = train_flow(config, return_state=True)
+    if not state.is_completed():
+        console.print(f"[red]failed[/red] {state.message}")
+        raise typer.Exit(code=1)
+    for lang, paths in state.result().items():
+        console.print(f"{lang}: {paths['kenlm']}")
+
+
 @app.command()
 def curate(
     input: Annotated[str, typer.Option(help="The ingest stage folder (<data root>/ingest)")] = "data/ingest",
     output: Annotated[str, typer.Option(help="Data root for the curation stages")] = "data",
     recipe: Annotated[str, typer.Option(help="Recipe name (llama1) or a recipe YAML file")] = "llama1",
+    quality_models: Annotated[
+        Path | None, typer.Option(help="Quality model folder (train-quality-model's output)")
+    ] = Path("data/quality_models"),
 ) -> None:
     """Curate ingested documents by a recipe: line dedup, filters, near-dedup, PII (the `curate` flow).
 
@@ -118,7 +141,10 @@ def curate(
     from flows.curate import CurateConfig, curate as curate_flow
 
     try:
-        config = CurateConfig(input=_absolute(input), output=_absolute(output), recipe=recipe)
+        config = CurateConfig(
+            input=_absolute(input), output=_absolute(output), recipe=recipe,
+            quality_models=str(quality_models.resolve()) if quality_models else None,
+        )
     except ValidationError as exc:
         console.print(f"[red]error[/red] {exc.errors()[0]['msg']}")
         raise typer.Exit(code=2) from exc

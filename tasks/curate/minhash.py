@@ -40,7 +40,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -492,11 +492,26 @@ class ClusterDuplicateDropper:
             yield Drop(self.reason) if row in drop_rows else doc
 
 
-def run_dedup(input_stage: Location, root: str, stage_name: str, config: MinHashConfig, sources: Sequence[str] | None = None) -> dict:
+def _input_units(input_stage: Location | Mapping[str, Location], sources: Sequence[str] | None) -> list[ShardUnit]:
+    """The parts to deduplicate: of one stage, or of each source's own stage (sources that took
+    different paths through curation meet here)."""
+    if isinstance(input_stage, Location):
+        return units_from_stage(input_stage, sources)
+    wanted = sorted(input_stage) if sources is None else sorted(sources)
+    return [u for source in wanted for u in units_from_stage(input_stage[source], [source])]
+
+
+def run_dedup(
+    input_stage: Location | Mapping[str, Location],
+    root: str,
+    stage_name: str,
+    config: MinHashConfig,
+    sources: Sequence[str] | None = None,
+) -> dict:
     """Every stage of one dedup run; returns the filter stage's manifest."""
-    units = units_from_stage(input_stage, sources)
+    units = _input_units(input_stage, sources)
     if not units:
-        raise ValueError(f"{input_stage.uri}: no parts for sources {sources}")
+        raise ValueError(f"{input_stage}: no parts for sources {sources}")
     layout = _Layout(root, stage_name, tuple(sorted({u.source for u in units})), config.num_perm)
     bands, _ = config.bands_rows
 
@@ -566,7 +581,7 @@ def _totals(stats: list[dict[str, int]]) -> dict[str, int]:
 
 
 def run_minhash_dedup(
-    input_stage: Location,
+    input_stage: Location | Mapping[str, Location],
     root: str,
     stage_name: str = "minhash",
     threshold: float = 0.8,

@@ -2,16 +2,16 @@
 
 A source's documents go through the stages in this order, each a folder under the output root:
 ``line_dedup`` (CCNet's exact line dedup, where configured) -> ``filtered`` (the source's
-document filters: language, quality, heuristics) -> ``minhash`` (near-duplicates across the sources
-that join it) or ``book_dedup`` -> ``curated`` (PII scrubbing; the stage later steps read).
+document filters: language, heuristics; KenLM perplexity where it filters by quality) ->
+``quality`` (head/middle/tail buckets) -> ``minhash`` (near-duplicates across the sources that
+join it) or ``book_dedup`` -> ``curated`` (PII scrubbing; the stage later steps read).
 """
 
 from __future__ import annotations
 
-import functools
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -62,9 +62,19 @@ class PIIOptions(BaseModel):
     max_hits: int | None = 5
 
 
+class QualityOptions(BaseModel):
+    """CCNet's KenLM quality filter: perplexity under the language's model, then buckets."""
+
+    languages: list[str] = Field(default_factory=lambda: ["en"], min_length=1)
+    # "corpus": per-language p30/p60 of this corpus's perplexities (CCNet); else fixed cutoffs.
+    cutoffs: Literal["corpus"] | dict[str, dict[str, float]] = "corpus"
+    keep: list[Literal["head", "middle", "tail"]] = Field(default_factory=lambda: ["head", "middle"], min_length=1)
+
+
 class SourceRecipe(BaseModel):
     line_dedup: LineDedupOptions | None = None
     filters: list[FilterSpec] = Field(default_factory=list)
+    quality: QualityOptions | None = None
     near_dedup: bool = Field(False, description="Join the MinHash near-duplicate group")
     book_dedup: bool = False
     pii: PIIOptions | None = Field(default_factory=PIIOptions)
@@ -107,8 +117,20 @@ def build_steps(specs: tuple[FilterSpec, ...]) -> list[Step]:
     return [build_step(spec) for spec in specs]
 
 
-def steps_factory(specs: list[FilterSpec]):
-    return functools.partial(build_steps, tuple(specs))
+def build_filtered_steps(specs: tuple[FilterSpec, ...], quality: QualityOptions | None, models_dir: str | None) -> list[Step]:
+    """The source's filters, then, where it has a quality filter, the perplexity scorer."""
+    steps = build_steps(specs)
+    if quality is not None:
+        from tasks.curate.quality import PerplexityScorer
+
+        steps.append(PerplexityScorer({language: models_dir for language in quality.languages}))
+    return steps
+
+
+def build_bucket_filter(cutoffs: dict[str, dict[str, float]], keep: tuple[str, ...]) -> list[Step]:
+    from tasks.curate.quality import QualityBucketFilter
+
+    return [QualityBucketFilter(cutoffs, keep=keep)]
 
 
 def build_pii(options: PIIOptions) -> list[Step]:

@@ -20,19 +20,12 @@ def _artifacts(keys, flow_run_id=None):
         )
 
 
-@pytest.fixture(scope="module")
-def demo_stage(tmp_path_factory, prefect_api, ray_local):
-    root = tmp_path_factory.mktemp("demo")
-    state = demo(DemoConfig(data_root=str(root), seed=7, sources=["c4"]), return_state=True)
-    assert state.is_completed(), state.message
-    return state.result(), state.state_details.flow_run_id, root
-
-
-def test_demo_flow_ingests_curates_and_validates(demo_stage):
-    report, flow_run_id, root = demo_stage
+def test_demo_flow_ingests_curates_and_validates(demo_run):
+    report, flow_run_id, root = demo_run
     assert report["valid"] and report["problems"] == [] and report["stage"] == "curated"
     ingested = (root / "demo" / "ingest" / "_manifest.json").read_text()
     stats = json.loads(ingested)["totals"]["by_source"]["c4"]
+    assert sorted(report["by_source"]) == ["arxiv", "books", "c4", "commoncrawl", "wikipedia"]
     assert stats["parts"] == 2
     assert stats["docs_in"] == 400 == stats["kept"] + stats["dropped_total"] + stats["quarantined"]
     assert stats["quarantined"] > 0
@@ -43,19 +36,21 @@ def test_demo_flow_ingests_curates_and_validates(demo_stage):
                      "curate-stages": "table", "curate-languages": "markdown"}
 
 
-def test_demo_rerun_gives_identical_shards(tmp_path, prefect_api, ray_local):
-    config = DemoConfig(data_root=str(tmp_path), seed=3, sources=["c4"])
+def test_demo_rerun_gives_identical_shards(demo_run):
+    report, _, root = demo_run
 
     def parts(report):
         return [(p["path"], open(p["path"], "rb").read()) for p in report["parts"]]
 
-    first = parts(demo(config))
-    shutil.rmtree(tmp_path / "demo" / "ingest")
-    assert parts(demo(config)) == first
+    first = parts(report)
+    shutil.rmtree(root / "demo" / "ingest")
+    shutil.rmtree(root / "demo" / "curated")
+    again = demo(DemoConfig(data_root=str(root), seed=7))
+    assert parts(again) == first
 
 
-def test_shards_flow_fails_on_a_corrupted_stage_and_names_the_file(demo_stage, tmp_path):
-    report, _, root = demo_stage
+def test_shards_flow_fails_on_a_corrupted_stage_and_names_the_file(demo_run, tmp_path):
+    report, _, root = demo_run
     stage = tmp_path / "ingest"
     shutil.copytree(root / "demo" / "ingest", stage)
     # The manifest lists absolute paths of the original stage: point the copy's manifest at the copy.
