@@ -4,9 +4,12 @@
                           [--batch 4] [--seq 256] [--steps 5] [--new-tokens 64] [--threads N]
 
 Training: forward + backward tokens/s (loss on next tokens), fp32, median of `--steps` timed steps
-after one warm-up, the two models taking turns so both see the same machine load.
+after one warm-up, the two models taking turns (alternating who goes first) so that both see the
+same machine load.
 Generation: greedy tokens/s with our KV cache against `LlamaForCausalLM.generate` on the same
-left-padded prompts. Ratios > 1 mean we are faster. Needs the test extra (transformers).
+left-padded prompts. Ratios > 1 mean we are faster; rates are given by wall clock and by process
+CPU time (the latter is steadier on a shared machine, best with --threads 1). Needs the test
+extra (transformers).
 """
 
 from __future__ import annotations
@@ -25,10 +28,29 @@ from modeling.generate import generate
 from modeling.llama import IGNORE_INDEX, Llama
 
 
-def timed(fn) -> float:
-    started = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (this process, all threads) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - started
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def take_turns(ours, theirs, repeats: int) -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
+    """Timings per call of each; who goes first alternates, so drifting load hits both alike."""
+    times_ours, times_theirs = [], []
+    for turn in range(repeats):
+        order = ((ours, times_ours), (theirs, times_theirs))
+        for fn, times in order if turn % 2 == 0 else reversed(order):
+            times.append(timed(fn))
+    return times_ours, times_theirs
+
+
+def report(what: str, n_tokens: int, times_ours, times_theirs) -> None:
+    """Median tokens/s by wall clock, and by CPU time (less sensitive to other processes' load)."""
+    for clock, index in (("wall", 0), ("cpu", 1)):
+        ours = n_tokens / statistics.median(t[index] for t in times_ours)
+        theirs = n_tokens / statistics.median(t[index] for t in times_theirs)
+        print(f"{what:<17} {clock:<4} ours {ours:8.0f} tok/s  transformers {theirs:8.0f} tok/s  ratio {ours / theirs:.2f}")
 
 
 def train_step_ours(model: Llama, tokens: torch.Tensor, targets: torch.Tensor) -> float:
@@ -51,13 +73,10 @@ def bench_training(ours: Llama, hf: LlamaForCausalLM, args) -> None:
     ours.train(), hf.train()
     loss_ours, loss_hf = train_step_ours(ours, tokens, targets), train_step_hf(hf, tokens, targets)
     print(f"loss on the batch: ours {loss_ours:.6f}  transformers {loss_hf:.6f}")
-    times_ours, times_hf = [], []
-    for _ in range(args.steps):
-        times_ours.append(timed(lambda: train_step_ours(ours, tokens, targets)))
-        times_hf.append(timed(lambda: train_step_hf(hf, tokens, targets)))
-    per_step = args.batch * args.seq
-    rate_ours, rate_hf = per_step / statistics.median(times_ours), per_step / statistics.median(times_hf)
-    print(f"forward+backward  ours {rate_ours:9.0f} tok/s  transformers {rate_hf:9.0f} tok/s  ratio {rate_ours / rate_hf:.2f}")
+    times_ours, times_hf = take_turns(
+        lambda: train_step_ours(ours, tokens, targets), lambda: train_step_hf(hf, tokens, targets), args.steps
+    )
+    report("forward+backward", args.batch * args.seq, times_ours, times_hf)
 
 
 def bench_generation(ours: Llama, hf: LlamaForCausalLM, args) -> None:
@@ -83,13 +102,8 @@ def bench_generation(ours: Llama, hf: LlamaForCausalLM, args) -> None:
     out_ours, out_hf = run_ours(), run_hf()  # warm-up, and the outputs to compare
     same = sum(a == b for a, b in zip(out_ours, out_hf[:, longest:].tolist()))
     print(f"greedy outputs identical for {same} of {len(prompts)} prompts")
-    times_ours, times_hf = [], []
-    for _ in range(args.gen_repeats):
-        times_ours.append(timed(run_ours))
-        times_hf.append(timed(run_hf))
-    n_tokens = len(prompts) * args.new_tokens
-    rate_ours, rate_hf = n_tokens / statistics.median(times_ours), n_tokens / statistics.median(times_hf)
-    print(f"generation        ours {rate_ours:9.0f} tok/s  transformers {rate_hf:9.0f} tok/s  ratio {rate_ours / rate_hf:.2f}")
+    times_ours, times_hf = take_turns(run_ours, run_hf, args.gen_repeats)
+    report("generation", len(prompts) * args.new_tokens, times_ours, times_hf)
 
 
 def main() -> None:
@@ -101,10 +115,10 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=32000)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=256)
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--prompt-len", type=int, default=48)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--gen-repeats", type=int, default=3)
+    parser.add_argument("--gen-repeats", type=int, default=4)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
