@@ -388,8 +388,22 @@ def save_hf(
     dtype = model.tok_embeddings.weight.dtype
     config = hf_config(model.config, dtype=dtype, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    names = set()
     for file in map(Path, tokenizer_files):
         if not file.is_file():
             raise FileNotFoundError(f"tokenizer file {file} does not exist")
         shutil.copy2(file, folder / file.name)
+        names.add(file.name)
+    if "tokenizer.model" in names and "tokenizer_config.json" not in names:
+        # A SentencePiece model alone: say it is LLaMA's tokenizer (BOS added, EOS not), so
+        # AutoTokenizer builds it with these special tokens.
+        tokenizer_config = {
+            "tokenizer_class": "LlamaTokenizer",
+            "bos_token": "<s>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "add_bos_token": True,
+            "add_eos_token": False,
+        }
+        (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     return folder

@@ -195,6 +195,34 @@ def test_tokenizer_files_are_copied_into_the_export(tmp_path):
         save_hf(random_model(tiny_config()), tmp_path / "hf2", tokenizer_files=[tmp_path / "missing.json"])
 
 
+def test_an_export_with_a_sentencepiece_tokenizer_loads_in_transformers_and_gives_our_logits(tmp_path, one_thread):
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join([f"The quick brown fox jumps over the lazy dog {n} times." for n in range(200)]
+                                 + ["Über naïve café — 日本語"] * 20))
+    spm.SentencePieceTrainer.train(  # LLaMA's settings, at a toy size
+        input=str(corpus), model_prefix=str(tmp_path / "tokenizer"), vocab_size=400, model_type="bpe",
+        split_digits=True, byte_fallback=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        character_coverage=1.0, hard_vocab_limit=False, minloglevel=2,
+    )
+    model = random_model(tiny_config(vocab_size=400))
+    folder = save_hf(model, tmp_path / "hf", tokenizer_files=[tmp_path / "tokenizer.model"])
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    sentencepiece = spm.SentencePieceProcessor(model_file=str(tmp_path / "tokenizer.model"))
+    text = "The lazy fox 42 — café ☃"
+    ids = tokenizer(text)["input_ids"]
+    assert ids == [1] + sentencepiece.encode(text)
+    assert tokenizer.decode(ids, skip_special_tokens=True) == text
+    theirs = LlamaForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        expected = theirs(torch.tensor([ids])).logits
+        got = model(torch.tensor([ids])).logits
+    assert_equal_within(got, expected)
+
+
 class Payload:
     def __reduce__(self):
         return (print, ("unpickled code ran",))
