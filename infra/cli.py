@@ -164,6 +164,29 @@ def _absolute(path_or_uri: str) -> str:
     return path_or_uri if "://" in path_or_uri else str(Path(path_or_uri).resolve())
 
 
+@app.command("train-tokenizer")
+def train_tokenizer(
+    input: Annotated[str, typer.Option(help="Stage to sample text from")] = "data/curated",
+    output: Annotated[Path, typer.Option(help="Tokenizer folder")] = Path("data/tokenizer"),
+    vocab_size: Annotated[int, typer.Option(min=300, help="Vocabulary size (LLaMA: 32000)")] = 32000,
+    existing: Annotated[Path | None, typer.Option(help="Use this tokenizer.model (e.g. Meta's) instead")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the training sample")] = 0,
+) -> None:
+    """Train LLaMA's BPE tokenizer on the curated corpus and export it for transformers (the `train-tokenizer` flow)."""
+    use_running_stack()
+    from flows.tokenizer import TrainTokenizerConfig, train_tokenizer_flow
+
+    config = TrainTokenizerConfig(
+        input=_absolute(input), output=str(output.resolve()), vocab_size=vocab_size, seed=seed,
+        existing=str(existing.resolve()) if existing else None,
+    )
+    state = train_tokenizer_flow(config, return_state=True)
+    if not state.is_completed():
+        console.print(f"[red]failed[/red] {state.message}")
+        raise typer.Exit(code=1)
+    console.print(f"tokenizer with {state.result()['vocab_size']} pieces in {config.output}")
+
+
 @app.command()
 def shards(
     stage_dir: Annotated[str, typer.Argument(help="Stage folder (path or URI) with a _manifest.json")],
