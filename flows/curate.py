@@ -20,6 +20,7 @@ from infra.ray_env import ensure_ray
 from infra.settings import default_data_root
 from tasks.curate.quality import PERPLEXITY_SCHEMA
 from tasks.curate.recipe import CurateRecipe, build_bucket_filter, build_filtered_steps, build_pii, load_recipe
+from tasks.curate.report import publish_perplexity_histogram
 from tasks.shards import MANIFEST
 from tasks.stage import PartReader, StageSpec, run_stage, units_from_stage
 from tasks.storage import Location, resolve
@@ -106,8 +107,11 @@ def book_dedup(input_stage: str, root: str, sources: list[str]) -> dict[str, Any
 
 
 @task
-def publish_report(root: str, stages: list[str], sources: list[str]) -> list[dict[str, Any]]:
-    """Counts per stage, source and drop reason, and the languages of the curated corpus."""
+def publish_report(
+    root: str, stages: list[str], sources: list[str], cutoffs: dict[str, dict[str, dict[str, float]]]
+) -> list[dict[str, Any]]:
+    """Counts per stage, source and drop reason, the curated corpus's languages, and per scored
+    source the perplexity histogram by bucket (of `filtered`, before the tail is dropped)."""
     rows, reasons = [], Counter()
     base = resolve(root)
     for stage in stages:
@@ -128,6 +132,8 @@ def publish_report(root: str, stages: list[str], sources: list[str]) -> list[dic
     lines = ["# Curated corpus", "", "| source | language | documents |", "| --- | --- | ---: |"]
     lines += [f"| {s} | {lang} | {n} |" for (s, lang), n in sorted(languages.items())]
     create_markdown_artifact(key="curate-languages", markdown="\n".join(lines))
+    for source, source_cutoffs in cutoffs.items():
+        publish_perplexity_histogram(base.join("filtered"), [source], source_cutoffs, key=f"curate-perplexity-{source}")
     return rows
 
 
@@ -178,9 +184,11 @@ def curate(config: CurateConfig = CurateConfig()) -> list[dict[str, Any]]:
     stages.append("filtered")
 
     scored = [s for s in sources if recipe.sources[s].quality]
+    cutoffs_by_source: dict[str, dict[str, dict[str, float]]] = {}
     for source in scored:
         quality = recipe.sources[source].quality
         cutoffs = corpus_cutoffs(last[source], source) if quality.cutoffs == "corpus" else quality.cutoffs
+        cutoffs_by_source[source] = cutoffs
         logger.info("%s perplexity cutoffs: %s", source, cutoffs)
         per_source_stage(
             "quality", root, source, last[source],
@@ -208,7 +216,7 @@ def curate(config: CurateConfig = CurateConfig()) -> list[dict[str, Any]]:
         steps = functools.partial(build_pii, pii) if pii else list
         per_source_stage("curated", root, source, last[source], steps, {"pii": pii.model_dump() if pii else None})
     stages.append("curated")
-    rows = publish_report(root, stages, sources)
+    rows = publish_report(root, stages, sources, cutoffs_by_source)
     final = {r["source"]: r["kept"] for r in rows if r["stage"] == "curated"}
     logger.info("curated documents per source: %s", final)
     return rows

@@ -79,27 +79,19 @@ def ingest(
     Exit code 0: done; 1: the run failed (or, with --strict, records were quarantined); 2: bad arguments.
     """
     use_running_stack()
-    from pydantic import ValidationError
-
     from flows.ingest import IngestConfig, ingest as ingest_flow
 
-    try:
-        config = IngestConfig(
-            source=source,
-            inputs=input or [],
-            output=_absolute(output),
-            strict=strict,
-            crawl=crawl,
-            crawl_segments=segments,
-            crawl_files=files,
-        )
-    except ValidationError as exc:
-        console.print(f"[red]error[/red] {exc.errors()[0]['msg']}")
-        raise typer.Exit(code=2) from exc
-    state = ingest_flow(config, return_state=True)
-    if not state.is_completed():
-        console.print(f"[red]failed[/red] {state.message}")
-        raise typer.Exit(code=1)
+    config = _config(
+        IngestConfig,
+        source=source,
+        inputs=input or [],
+        output=_absolute(output),
+        strict=strict,
+        crawl=crawl,
+        crawl_segments=segments,
+        crawl_files=files,
+    )
+    _run(ingest_flow, config)
 
 
 @app.command("train-quality-model")
@@ -114,11 +106,7 @@ def train_quality_model(
     from flows.quality import TrainQualityConfig, train_quality_model as train_flow
 
     config = TrainQualityConfig(input=_absolute(input), output=str(output.resolve()), languages=language, vocab_size=vocab_size)
-    state = train_flow(config, return_state=True)
-    if not state.is_completed():
-        console.print(f"[red]failed[/red] {state.message}")
-        raise typer.Exit(code=1)
-    for lang, paths in state.result().items():
+    for lang, paths in _run(train_flow, config).items():
         console.print(f"{lang}: {paths['kenlm']}")
 
 
@@ -136,28 +124,42 @@ def curate(
     Exit code 0: done; 1: the run failed; 2: bad arguments (a recipe that does not load).
     """
     use_running_stack()
-    from pydantic import ValidationError
-
     from flows.curate import CurateConfig, curate as curate_flow
 
-    try:
-        config = CurateConfig(
-            input=_absolute(input), output=_absolute(output), recipe=recipe,
-            quality_models=str(quality_models.resolve()) if quality_models else None,
-        )
-    except ValidationError as exc:
-        console.print(f"[red]error[/red] {exc.errors()[0]['msg']}")
-        raise typer.Exit(code=2) from exc
-    state = curate_flow(config, return_state=True)
-    if not state.is_completed():
-        console.print(f"[red]failed[/red] {state.message}")
-        raise typer.Exit(code=1)
+    config = _config(
+        CurateConfig,
+        input=_absolute(input),
+        output=_absolute(output),
+        recipe=recipe,
+        quality_models=str(quality_models.resolve()) if quality_models else None,
+    )
+    rows = _run(curate_flow, config)
     table = Table(title=f"curation ({config.recipe})")
     for column in ("stage", "source", "docs_in", "kept", "dropped", "quarantined"):
         table.add_column(column)
-    for row in state.result():
+    for row in rows:
         table.add_row(*(str(row[c]) for c in ("stage", "source", "docs_in", "kept", "dropped", "quarantined")))
     console.print(table)
+
+
+def _config(model: type, **values):
+    """A flow's typed config, or exit 2 with the reason a value is wrong."""
+    from pydantic import ValidationError
+
+    try:
+        return model(**values)
+    except ValidationError as exc:
+        console.print(f"[red]error[/red] {exc.errors()[0]['msg']}")
+        raise typer.Exit(code=2) from exc
+
+
+def _run(flow_function, config):
+    """Run a flow in this process (on the stack's server when one runs); exit 1 when it fails."""
+    state = flow_function(config, return_state=True)
+    if not state.is_completed():
+        console.print(f"[red]failed[/red] {state.message}")
+        raise typer.Exit(code=1)
+    return state.result()
 
 
 def _absolute(path_or_uri: str) -> str:
@@ -180,11 +182,8 @@ def train_tokenizer(
         input=_absolute(input), output=str(output.resolve()), vocab_size=vocab_size, seed=seed,
         existing=str(existing.resolve()) if existing else None,
     )
-    state = train_tokenizer_flow(config, return_state=True)
-    if not state.is_completed():
-        console.print(f"[red]failed[/red] {state.message}")
-        raise typer.Exit(code=1)
-    console.print(f"tokenizer with {state.result()['vocab_size']} pieces in {config.output}")
+    summary = _run(train_tokenizer_flow, config)
+    console.print(f"tokenizer with {summary['vocab_size']} pieces in {config.output}")
 
 
 @app.command()

@@ -30,10 +30,10 @@ def test_demo_flow_ingests_curates_and_validates(demo_run):
     assert stats["docs_in"] == 400 == stats["kept"] + stats["dropped_total"] + stats["quarantined"]
     assert stats["quarantined"] > 0
     assert 0 < report["by_source"]["c4"]["kept"] <= stats["kept"]
-    keys = ["ingest-c4", "shards-ingest", "shards-curated-summary", "curate-stages", "curate-languages"]
+    keys = ["ingest-c4", "shards-ingest", "shards-curated-summary", "curate-stages", "curate-languages", "curate-perplexity-commoncrawl"]
     kinds = {a.key: a.type for a in _artifacts(keys)}
     assert kinds == {"ingest-c4": "table", "shards-ingest": "table", "shards-curated-summary": "markdown",
-                     "curate-stages": "table", "curate-languages": "markdown"}
+                     "curate-stages": "table", "curate-languages": "markdown", "curate-perplexity-commoncrawl": "markdown"}
 
 
 def test_demo_rerun_gives_identical_shards(demo_run):
