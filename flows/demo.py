@@ -1,8 +1,9 @@
 """`demo`: the platform end to end on data it makes itself.
 
 For each source with a reader, writes small synthetic inputs with known faults (broken records,
-boilerplate, legacy encodings), ingests them with the `ingest` flow on Ray, curates them with the
-LLaMA 1 recipe (`curate` flow), and validates both stages with the `shards` flow.
+boilerplate, legacy encodings), ingests them with the `ingest` flow on Ray, trains the quality
+models and curates with the LLaMA 1 recipe, validates both stages with the `shards` flow, then
+trains a (toy-sized) tokenizer and packs the curated text into shuffled training rows.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from flows.curate import CurateConfig, curate
 from flows.ingest import IngestConfig, ingest
 from flows.quality import TrainQualityConfig, train_quality_model
 from flows.shards import ShardsConfig, shards
+from flows.tokenizer import TrainTokenizerConfig, train_tokenizer_flow
+from flows.tokens import TokenizeConfig, tokenize
 from infra.settings import default_data_root
 from tasks.sources import available_sources
 from tasks.storage import resolve
@@ -55,5 +58,12 @@ def demo(config: DemoConfig = DemoConfig()) -> dict[str, Any]:
         train_quality_model(TrainQualityConfig(input=root.join("ingest").uri, output=models, languages=["en"], vocab_size=300))
     curate(CurateConfig(input=root.join("ingest").uri, output=root.uri, quality_models=models))
     report = shards(ShardsConfig(stage_dir=root.join("curated").uri))
+    # A toy vocabulary for the demo's few hundred documents; LLaMA's is 32,000.
+    tokenizer = root.join("tokenizer").uri
+    train_tokenizer_flow(TrainTokenizerConfig(
+        input=root.join("curated").uri, output=tokenizer, vocab_size=400, trainer_options={"hard_vocab_limit": False}
+    ))
+    tokenize(TokenizeConfig(input=root.join("curated").uri, tokenizer=f"{tokenizer}/tokenizer.model",
+                            output=root.uri, seq_len=128, seed=config.seed, rows_per_shard=256))
     print(f"demo: {sum(s['kept'] for s in report['by_source'].values())} curated documents in {report['stage_dir']}")
     return report

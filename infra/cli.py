@@ -187,6 +187,24 @@ def train_tokenizer(
 
 
 @app.command()
+def tokenize(
+    input: Annotated[str, typer.Option(help="Document stage to tokenize")] = "data/curated",
+    tokenizer: Annotated[str, typer.Option(help="tokenizer.model")] = "data/tokenizer/tokenizer.model",
+    output: Annotated[str, typer.Option(help="Data root; rows go to <output>/tokens")] = "data",
+    seq_len: Annotated[int, typer.Option(min=8, help="Tokens a row predicts (rows hold seq_len + 1)")] = 2048,
+    seed: Annotated[int, typer.Option(help="Seed of the global shuffle")] = 0,
+) -> None:
+    """Tokenize documents and pack them into shuffled rows for training (the `tokenize` flow)."""
+    use_running_stack()
+    from flows.tokens import TokenizeConfig, tokenize as tokenize_flow
+
+    config = _config(TokenizeConfig, input=_absolute(input), tokenizer=_absolute(tokenizer), output=_absolute(output),
+                     seq_len=seq_len, seed=seed)
+    manifest = _run(tokenize_flow, config)
+    console.print(f"{manifest['tokens']} tokens in {manifest['rows']} rows under {config.output}/{config.stage}")
+
+
+@app.command()
 def shards(
     stage_dir: Annotated[str, typer.Argument(help="Stage folder (path or URI) with a _manifest.json")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON")] = False,

@@ -1,7 +1,10 @@
 """train-tokenizer on the demo's curated corpus, then loading it back (Prefect harness)."""
 
+import json
+
 from flows.tokenizer import TrainTokenizerConfig, train_tokenizer_flow
 from modeling.tokenizer import Tokenizer
+from tasks.tokens import TokenReader
 
 
 def test_train_on_the_curated_stage_then_reuse_it_as_an_existing_one(demo_run, tmp_path):
@@ -21,3 +24,14 @@ def test_train_on_the_curated_stage_then_reuse_it_as_an_existing_one(demo_run, t
                                                        output=str(tmp_path / "copy")))
     assert not copied["trained"]
     assert (tmp_path / "copy" / "tokenizer.model").read_bytes() == (tmp_path / "tok" / "tokenizer.model").read_bytes()
+
+
+def test_the_demo_packs_its_curated_text_into_rows_training_reads(demo_run):
+    _, _, root = demo_run
+    tokens = root / "demo" / "tokens"
+    manifest = json.loads((tokens / "_manifest.json").read_text())
+    assert manifest["seq_len"] == 128 and manifest["rows"] > 0
+    assert manifest["tokens"] == manifest["rows"] * 129
+    reader = TokenReader(str(tokens), rank=0, world_size=1, seed=0)
+    rows = [row for _, row in zip(range(manifest["rows"]), reader)]
+    assert len(rows) == manifest["rows"] and all(len(tokens_) == 129 for tokens_, _ in rows)

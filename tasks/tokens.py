@@ -1,0 +1,473 @@
+"""Tokenize and pack a document stage into shuffled training rows; read them back for training.
+
+Layout of a token stage::
+
+    <root>/<stage>/shard-NNNNN.parquet     rows: tokens, doc_starts, source, part, row_in_part
+    <root>/<stage>/_packed/<source>/part-NNNNN.parquet|.json   per input part (removed when done)
+    <root>/<stage>/_receipts/shard-NNNNN.json                 per output shard
+    <root>/<stage>/_manifest.json, _SUCCESS
+
+Packing (LLaMA/torchtitan style): every document becomes `<s> ids </s>`; the documents of one
+input part, in part order, are concatenated and cut into rows of `seq_len + 1` tokens (inputs are
+row[:-1], targets row[1:]), a document running on into the next row. The tail of each part that
+does not fill a row is dropped and counted (`tokens_dropped`): under one row per part.
+`doc_starts` lists the offsets in the row where a document's `<s>` is, so training can keep
+attention within documents (:func:`document_ids`).
+
+Global shuffle without one process holding the corpus: each packed row gets a 64-bit key drawn
+from (seed, source, part); a part's rows are written sorted by key. Output shard j takes the key
+range [j, j+1) * 2^64 / S from every part (only the row groups overlapping it, found from the
+first key of each row group), and sorts by key. The shards in order are thus the rows sorted by a
+random key: a uniform permutation. Same inputs, tokenizer and seed give byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from modeling.tokenizer import Tokenizer
+from tasks.shards import COMPRESSION, MANIFEST, RECEIPTS, SUCCESS, part_name, read_part
+from tasks.stage import ShardUnit
+from tasks.steps import batched
+from tasks.storage import Location, atomic_output, remove_temporaries, resolve, sha256_of, write_json_atomic
+from tasks.version import code_version
+
+PACKED = "_packed"
+ENCODE_BATCH_DOCS = 256
+PACKED_ROW_GROUP_ROWS = 256  # granularity at which shards pick their key range out of a part
+SHARD_ROW_GROUP_ROWS = 1024  # granularity at which the reader permutes and streams
+KEY_SPACE = 1 << 64
+FORMAT_VERSION = 1
+
+
+def token_type(vocab_size: int) -> pa.DataType:
+    return pa.uint16() if vocab_size <= 1 << 16 else pa.int32()
+
+
+def shard_schema(vocab_size: int, seq_len: int) -> pa.Schema:
+    return pa.schema([
+        ("tokens", pa.list_(token_type(vocab_size), seq_len + 1)),
+        ("doc_starts", pa.list_(pa.int32())),
+        ("source", pa.string()),
+        ("part", pa.int32()),
+        ("row_in_part", pa.int32()),
+    ])
+
+
+def shard_location(stage_dir: Location, index: int) -> Location:
+    return stage_dir.join(f"shard-{index:05d}.parquet")
+
+
+@dataclass(frozen=True)
+class PackJob:
+    """What every packing task shares; picklable for Ray."""
+
+    stage_dir_uri: str
+    tokenizer: Tokenizer
+    seq_len: int
+    seed: int
+    fingerprint: str
+
+    @property
+    def stage_dir(self) -> Location:
+        return resolve(self.stage_dir_uri)
+
+    @property
+    def row_tokens(self) -> int:
+        return self.seq_len + 1
+
+
+# ---------------------------------------------------------------- phase 1: one input part
+
+
+def pack_stream(token_lists: Iterator[Sequence[int]], row_tokens: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Concatenate documents' ids and cut them into rows.
+
+    Returns (rows (n, row_tokens), doc start positions in the stream, documents, tokens) where
+    rows hold the first n * row_tokens tokens of the stream.
+    """
+    chunks: list[np.ndarray] = []
+    lengths: list[int] = []
+    for ids in token_lists:
+        chunks.append(np.asarray(ids, dtype=dtype))
+        lengths.append(len(ids))
+    stream = np.concatenate(chunks) if chunks else np.zeros(0, dtype=dtype)
+    starts = np.concatenate([[0], np.cumsum(lengths[:-1], dtype=np.int64)]) if lengths else np.zeros(0, np.int64)
+    n_rows = len(stream) // row_tokens
+    return stream[: n_rows * row_tokens].reshape(n_rows, row_tokens), starts.astype(np.int64), len(lengths), len(stream)
+
+
+def row_doc_starts(starts: np.ndarray, n_rows: int, row_tokens: int) -> pa.ListArray:
+    """Per row, the in-row offsets of the documents starting in it (int32 lists)."""
+    starts = starts[starts < n_rows * row_tokens]
+    row_bounds = np.searchsorted(starts, np.arange(n_rows + 1, dtype=np.int64) * row_tokens)
+    return pa.ListArray.from_arrays(pa.array(row_bounds, pa.int32()), pa.array(starts % row_tokens, pa.int32()))
+
+
+def row_keys(seed: int, source: str, part: int, n_rows: int) -> np.ndarray:
+    source_word = int.from_bytes(hashlib.blake2b(source.encode(), digest_size=8).digest(), "little")
+    generator = np.random.PCG64(np.random.SeedSequence([seed, source_word, part]))
+    return generator.random_raw(n_rows).astype(np.uint64)
+
+
+def packed_location(stage_dir: Location, source: str, part: int, suffix: str) -> Location:
+    return stage_dir.join(PACKED, source, part_name(part) + suffix)
+
+
+def pack_part(job: PackJob, unit: ShardUnit) -> dict[str, Any]:
+    """Tokenize one document part and write its rows sorted by shuffle key; skip if done."""
+    receipt_at = packed_location(job.stage_dir, unit.source, unit.index, ".json")
+    if receipt_at.exists():
+        done = receipt_at.read_json()
+        if done["fingerprint"] == job.fingerprint:
+            return done
+    if unit.input is None:
+        raise ValueError(f"{unit.source} part {unit.index}: tokenizing needs an input part")
+    tokenizer = job.tokenizer
+    dtype = np.dtype(token_type(tokenizer.vocab_size).to_pandas_dtype())
+
+    def encoded() -> Iterator[list[int]]:
+        for docs in batched(read_part(resolve(unit.input.uri)), ENCODE_BATCH_DOCS):
+            yield from tokenizer.encode_batch([d.text for d in docs], bos=True, eos=True)
+
+    rows, starts, documents, tokens = pack_stream(encoded(), job.row_tokens, dtype)
+    n_rows = len(rows)
+    keys = row_keys(job.seed, unit.source, unit.index, n_rows)
+    order = np.argsort(keys, kind="stable")
+    table = pa.table({
+        "key": pa.array(keys[order], pa.uint64()),
+        "tokens": pa.FixedSizeListArray.from_arrays(pa.array(rows[order].reshape(-1)), job.row_tokens),
+        "doc_starts": row_doc_starts(starts, n_rows, job.row_tokens).take(pa.array(order)),
+        "row_in_part": pa.array(order, pa.int32()),
+    })
+    target = packed_location(job.stage_dir, unit.source, unit.index, ".parquet")
+    with atomic_output(target) as stream:
+        pq.write_table(table, stream, row_group_size=PACKED_ROW_GROUP_ROWS, compression=COMPRESSION)
+    receipt = {
+        "source": unit.source,
+        "part": unit.index,
+        "input": unit.input.uri,
+        "path": target.uri,
+        "fingerprint": job.fingerprint,
+        "documents": documents,
+        "tokens": tokens,
+        "rows": n_rows,
+        "tokens_dropped": tokens - n_rows * job.row_tokens,
+        # First key of every row group: where each output shard's key range lies in this part.
+        "row_group_first_keys": [int(k) for k in keys[order][::PACKED_ROW_GROUP_ROWS]],
+    }
+    write_json_atomic(receipt_at, receipt)
+    return receipt
+
+
+# ---------------------------------------------------------------- phase 2: one output shard
+
+
+def key_bounds(shard: int, shards: int) -> tuple[int, int]:
+    return shard * KEY_SPACE // shards, (shard + 1) * KEY_SPACE // shards
+
+
+def row_groups_in_range(first_keys: Sequence[int], low: int, high: int) -> list[int]:
+    """Row groups of a key-sorted part that may hold keys in [low, high)."""
+    groups = []
+    for group, first in enumerate(first_keys):
+        next_first = first_keys[group + 1] if group + 1 < len(first_keys) else KEY_SPACE
+        if first < high and next_first >= low:
+            groups.append(group)
+    return groups
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    index: int
+    shards: int
+    # (source, part, packed file uri, row groups to read)
+    reads: tuple[tuple[str, int, str, tuple[int, ...]], ...]
+
+
+def write_shard(job: PackJob, plan: ShardPlan, schema: pa.Schema) -> dict[str, Any]:
+    """Gather one key range from every part, sort it by key, write the shard; skip if done."""
+    receipt_at = job.stage_dir.join(RECEIPTS, f"shard-{plan.index:05d}.json")
+    if receipt_at.exists():
+        done = receipt_at.read_json()
+        if done["fingerprint"] == job.fingerprint and done["shards"] == plan.shards:
+            return done
+    low, high = key_bounds(plan.index, plan.shards)
+    pieces, ordinals = [], []
+    for ordinal, (source, part, uri, groups) in enumerate(plan.reads):
+        with resolve(uri).open_random_access() as f:
+            rows = pq.ParquetFile(f).read_row_groups(list(groups))
+        keys = rows.column("key").to_numpy()
+        selected = rows.filter(pa.array((keys >= low) & (keys < high)))
+        pieces.append(selected.append_column("source", pa.array([source] * len(selected), pa.string()))
+                      .append_column("part", pa.array([part] * len(selected), pa.int32())))
+        ordinals.append(np.full(len(selected), ordinal))
+    if not pieces:
+        shard = schema.empty_table()
+    else:
+        gathered = pa.concat_tables(pieces)
+        # Ties of 64-bit keys are all but impossible; the row's origin still makes the order total.
+        order = np.lexsort((gathered.column("row_in_part").to_numpy(), np.concatenate(ordinals),
+                            gathered.column("key").to_numpy()))
+        shard = gathered.take(pa.array(order, pa.int64())).select(schema.names).cast(schema)
+    target = shard_location(job.stage_dir, plan.index)
+    with atomic_output(target) as stream:
+        pq.write_table(shard, stream, row_group_size=SHARD_ROW_GROUP_ROWS, compression=COMPRESSION)
+    with target.open_random_access() as f:
+        metadata = pq.ParquetFile(f).metadata
+    receipt = {
+        "index": plan.index,
+        "shards": plan.shards,
+        "path": target.uri,
+        "fingerprint": job.fingerprint,
+        "rows": shard.num_rows,
+        "row_groups": [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)],
+        "bytes": target.size(),
+        "sha256": sha256_of(target),
+    }
+    write_json_atomic(receipt_at, receipt)
+    return receipt
+
+
+def plan_shards(packed: Sequence[dict[str, Any]], shards: int) -> list[ShardPlan]:
+    plans = []
+    for index in range(shards):
+        low, high = key_bounds(index, shards)
+        reads = []
+        for receipt in packed:
+            groups = row_groups_in_range(receipt["row_group_first_keys"], low, high)
+            if groups:
+                reads.append((receipt["source"], receipt["part"], receipt["path"], tuple(groups)))
+        plans.append(ShardPlan(index, shards, tuple(reads)))
+    return plans
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def tokenize_and_pack(
+    input_units: Sequence[ShardUnit],
+    tokenizer: Tokenizer,
+    out_root: str,
+    *,
+    stage_name: str = "tokens",
+    seq_len: int,
+    seed: int,
+    rows_per_shard: int = 16384,
+) -> dict[str, Any]:
+    """Tokenize the parts of a finished document stage into shuffled packed rows; return the manifest.
+
+    Parts are packed as Ray tasks, then every output shard is gathered as a Ray task. A finished
+    stage with the same inputs, tokenizer and parameters is returned as it is; an interrupted run
+    redoes only the parts and shards without a receipt.
+    """
+    if seq_len < 1 or rows_per_shard < 1:
+        raise ValueError(f"seq_len and rows_per_shard must be positive, got {seq_len}, {rows_per_shard}")
+    keys = [(u.source, u.index) for u in input_units]
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"stage {stage_name}: two input units have the same source and index")
+    units = sorted(input_units, key=lambda u: (u.source, u.index))
+    stage_dir = resolve(out_root).join(stage_name)
+    parameters = {
+        "seq_len": seq_len,
+        "seed": seed,
+        "rows_per_shard": rows_per_shard,
+        "format": FORMAT_VERSION,
+        "tokenizer_sha256": hashlib.sha256(tokenizer.model_proto).hexdigest(),
+        "inputs": [(u.source, u.index, u.input.uri if u.input else None, u.input.sha256 if u.input else None)
+                   for u in units],
+    }
+    fingerprint = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()
+    marker = stage_dir.join(SUCCESS)
+    if marker.exists() and marker.read_json().get("fingerprint") == fingerprint:
+        return stage_dir.join(MANIFEST).read_json()
+
+    import ray
+
+    from infra.ray_env import ensure_ray
+
+    ensure_ray()
+    marker.delete()
+    remove_temporaries(stage_dir)
+    job = PackJob(stage_dir.uri, tokenizer, seq_len, seed, fingerprint)
+    job_ref = ray.put(job)
+    pack_remote = ray.remote(pack_part).options(max_retries=2, retry_exceptions=[OSError])
+    packed = ray.get([pack_remote.remote(job_ref, unit) for unit in units])
+
+    total_rows = sum(r["rows"] for r in packed)
+    shards = max(1, math.ceil(total_rows / rows_per_shard))
+    for stale in stage_dir.list_files(".parquet"):
+        if int(stale.name.removeprefix("shard-").split(".")[0]) >= shards:
+            stale.delete()
+    schema = shard_schema(tokenizer.vocab_size, seq_len)
+    shard_remote = ray.remote(write_shard).options(max_retries=2, retry_exceptions=[OSError])
+    written = ray.get([shard_remote.remote(job_ref, plan, schema) for plan in plan_shards(packed, shards)])
+
+    manifest = {
+        "stage": stage_name,
+        "stage_dir": stage_dir.uri,
+        "fingerprint": fingerprint,
+        "code_version": code_version(),
+        "seq_len": seq_len,
+        "row_tokens": seq_len + 1,
+        "seed": seed,
+        "vocab_size": tokenizer.vocab_size,
+        "token_type": str(token_type(tokenizer.vocab_size)),
+        "bos_id": tokenizer.bos_id,
+        "eos_id": tokenizer.eos_id,
+        "tokenizer_sha256": parameters["tokenizer_sha256"],
+        "tail": "dropped: each part's last tokens that do not fill a row",
+        "rows": total_rows,
+        "tokens": total_rows * (seq_len + 1),
+        "sources": _per_source(packed),
+        "inputs": [{k: r[k] for k in ("source", "part", "input", "documents", "tokens", "rows", "tokens_dropped")}
+                   for r in packed],
+        "shards": [{k: s[k] for k in ("path", "rows", "row_groups", "bytes", "sha256")} for s in written],
+    }
+    write_json_atomic(stage_dir.join(MANIFEST), manifest)
+    write_json_atomic(marker, {"fingerprint": fingerprint})
+    stage_dir.join(PACKED).delete()
+    return manifest
+
+
+def _per_source(packed: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    totals: dict[str, dict[str, int]] = {}
+    for receipt in packed:
+        source = totals.setdefault(receipt["source"], {"parts": 0, "documents": 0, "tokens": 0, "rows": 0,
+                                                        "tokens_packed": 0, "tokens_dropped": 0})
+        source["parts"] += 1
+        for name in ("documents", "tokens", "rows", "tokens_dropped"):
+            source[name] += receipt[name]
+        source["tokens_packed"] = source["tokens"] - source["tokens_dropped"]
+    return dict(sorted(totals.items()))
+
+
+# ---------------------------------------------------------------- reading for training
+
+
+def document_ids(doc_starts: np.ndarray, row_tokens: int) -> np.ndarray:
+    """Per token of a row, the index of its document in the row (0 for a document continued from
+    the previous row, or the first one starting at 0), as Llama.forward's `doc_ids` wants."""
+    marks = np.zeros(row_tokens, dtype=np.int32)
+    marks[doc_starts[doc_starts > 0]] = 1
+    return np.cumsum(marks, dtype=np.int32)
+
+
+@dataclass(frozen=True)
+class ReaderPosition:
+    """Where a rank's reader is: the next row is number `offset` of `epoch` on this rank."""
+
+    epoch: int
+    offset: int
+    rank: int
+    world_size: int
+    seed: int
+    fingerprint: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReaderPosition:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    tokens: np.ndarray  # (B, seq_len + 1), the stage's token type
+    doc_starts: list[np.ndarray]  # per row, in-row offsets where documents start
+
+
+class TokenReader:
+    """Rows of a token stage for one data-parallel rank, epoch after epoch, resumable exactly.
+
+    Each epoch orders the shards' row groups by a permutation drawn from (seed, epoch) and the rows
+    inside each group by one drawn from (seed, epoch, group); that sequence, cut to a multiple of
+    world_size, is split into world_size contiguous equal spans, one per rank: ranks get disjoint
+    rows and the same number of steps. Under world_size rows a epoch are left out (different ones
+    each epoch). Only the manifest and one row group at a time are held.
+    """
+
+    def __init__(self, stage_dir: str | Location, rank: int, world_size: int, seed: int,
+                 start: ReaderPosition | None = None) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+        self.stage_dir = stage_dir if isinstance(stage_dir, Location) else resolve(stage_dir)
+        if not self.stage_dir.join(SUCCESS).exists():
+            raise FileNotFoundError(f"{self.stage_dir.uri}: no {SUCCESS}: not a finished token stage")
+        manifest = self.stage_dir.join(MANIFEST).read_json()
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.fingerprint = manifest["fingerprint"]
+        self.row_tokens = manifest["row_tokens"]
+        self._groups = [(shard["path"], group, rows)
+                        for shard in manifest["shards"] for group, rows in enumerate(shard["row_groups"])]
+        self.rows_per_epoch = manifest["rows"] // world_size
+        if self.rows_per_epoch == 0:
+            raise ValueError(f"{self.stage_dir.uri}: {manifest['rows']} rows cannot feed {world_size} ranks")
+        start = start or ReaderPosition(0, 0, rank, world_size, seed, self.fingerprint)
+        expected = (rank, world_size, seed, self.fingerprint)
+        if (start.rank, start.world_size, start.seed, start.fingerprint) != expected:
+            raise ValueError(f"position {start} was saved for another rank, world size, seed or stage than "
+                             f"rank={rank} world_size={world_size} seed={seed} stage {self.fingerprint[:12]}")
+        if not 0 <= start.offset < self.rows_per_epoch:
+            raise ValueError(f"position offset {start.offset} is outside the epoch's {self.rows_per_epoch} rows")
+        self._epoch, self._offset = start.epoch, start.offset
+
+    def state(self) -> ReaderPosition:
+        """The position of the next row: a reader started there yields exactly what this one would."""
+        epoch, offset = self._epoch, self._offset
+        if offset == self.rows_per_epoch:  # the epoch's last row was yielded: the next is the next epoch's
+            epoch, offset = epoch + 1, 0
+        return ReaderPosition(epoch, offset, self.rank, self.world_size, self.seed, self.fingerprint)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(tokens, doc_starts) per row, forever; the position advances as each row is yielded."""
+        while True:
+            yield from self._epoch_rows()
+            self._epoch, self._offset = self._epoch + 1, 0
+
+    def batches(self, batch_size: int) -> Iterator[TokenBatch]:
+        rows = iter(self)
+        while True:
+            taken = [next(rows) for _ in range(batch_size)]
+            yield TokenBatch(np.stack([t for t, _ in taken]), [s for _, s in taken])
+
+    def _epoch_rows(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        epoch = self._epoch
+        group_order = np.random.default_rng([self.seed, epoch]).permutation(len(self._groups))
+        sizes = np.array([self._groups[g][2] for g in group_order], dtype=np.int64)
+        group_starts = np.concatenate([[0], np.cumsum(sizes)])
+        span_start = self.rank * self.rows_per_epoch
+        position = span_start + self._offset
+        span_end = span_start + self.rows_per_epoch
+        k = int(np.searchsorted(group_starts, position, side="right")) - 1
+        while position < span_end:
+            group = int(group_order[k])
+            tokens, starts = self._read_group(group)
+            row_order = np.random.default_rng([self.seed, epoch, group]).permutation(len(tokens))
+            first, last = position - group_starts[k], min(span_end, group_starts[k + 1]) - group_starts[k]
+            for row in row_order[first:last]:
+                self._offset += 1
+                yield tokens[row], starts[row]
+            position = group_starts[k + 1]
+            k += 1
+
+    def _read_group(self, group: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        path, row_group, _ = self._groups[group]
+        with resolve(path).open_random_access() as f:
+            table = pq.ParquetFile(f).read_row_group(row_group, columns=["tokens", "doc_starts"])
+        tokens = table.column("tokens").combine_chunks()
+        flat = tokens.flatten().to_numpy().reshape(-1, self.row_tokens)
+        starts = table.column("doc_starts").combine_chunks()
+        offsets = starts.offsets.to_numpy()
+        values = starts.flatten().to_numpy()
+        return flat, [values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
