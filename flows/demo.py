@@ -3,7 +3,8 @@
 For each source with a reader, writes small synthetic inputs with known faults (broken records,
 boilerplate, legacy encodings), ingests them with the `ingest` flow on Ray, trains the quality
 models and curates with the LLaMA 1 recipe, validates both stages with the `shards` flow, then
-trains a (toy-sized) tokenizer and packs the curated text into shuffled training rows.
+trains a (toy-sized) tokenizer, mixes the sources (`tasks/mixtures/demo.yaml`) and packs the
+mixture into shuffled training rows.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pydantic import BaseModel, Field, field_validator
 
 from flows.curate import CurateConfig, curate
 from flows.ingest import IngestConfig, ingest
+from flows.mix import MixConfig, mix
 from flows.quality import TrainQualityConfig, train_quality_model
 from flows.shards import ShardsConfig, shards
 from flows.tokenizer import TrainTokenizerConfig, train_tokenizer_flow
@@ -63,7 +65,9 @@ def demo(config: DemoConfig = DemoConfig()) -> dict[str, Any]:
     train_tokenizer_flow(TrainTokenizerConfig(
         input=root.join("curated").uri, output=tokenizer, vocab_size=400, trainer_options={"hard_vocab_limit": False}
     ))
-    tokenize(TokenizeConfig(input=root.join("curated").uri, tokenizer=f"{tokenizer}/tokenizer.model",
+    mix(MixConfig(input=root.join("curated").uri, tokenizer=f"{tokenizer}/tokenizer.model", output=root.uri,
+                  mixture="demo"))
+    tokenize(TokenizeConfig(input=root.join("mixed").uri, tokenizer=f"{tokenizer}/tokenizer.model",
                             output=root.uri, seq_len=128, seed=config.seed, rows_per_shard=256))
     print(f"demo: {sum(s['kept'] for s in report['by_source'].values())} curated documents in {report['stage_dir']}")
     return report

@@ -187,6 +187,32 @@ def train_tokenizer(
 
 
 @app.command()
+def mix(
+    input: Annotated[str, typer.Option(help="Curated document stage")] = "data/curated",
+    tokenizer: Annotated[str, typer.Option(help="tokenizer.model that counts the tokens")] = "data/tokenizer/tokenizer.model",
+    output: Annotated[str, typer.Option(help="Data root; the mixture goes to <output>/mixed")] = "data",
+    mixture: Annotated[str, typer.Option(help="Mixture name (llama1) or a mixture YAML file")] = "llama1",
+) -> None:
+    """Decide how much of each source training sees and write the mixed stage (the `mix` flow).
+
+    Exit code 0: done; 1: the run failed (a source too small for its share says so); 2: bad arguments.
+    """
+    use_running_stack()
+    from flows.mix import MixConfig, mix as mix_flow
+
+    config = _config(MixConfig, input=_absolute(input), tokenizer=_absolute(tokenizer), output=_absolute(output),
+                     mixture=mixture)
+    plan = _run(mix_flow, config)["mixture"]
+    table = Table(title=f"mixture {mixture}")
+    for column in ("source", "epochs", "target_share", "realised_share", "realised_tokens"):
+        table.add_column(column)
+    for source, row in sorted(plan["sources"].items()):
+        table.add_row(source, f"{row['epochs']:.2f}", f"{row['target_share']:.4f}", f"{row['realised_share']:.4f}",
+                      str(row["realised_tokens"]))
+    console.print(table)
+
+
+@app.command()
 def tokenize(
     input: Annotated[str, typer.Option(help="Document stage to tokenize")] = "data/curated",
     tokenizer: Annotated[str, typer.Option(help="tokenizer.model")] = "data/tokenizer/tokenizer.model",

@@ -35,3 +35,16 @@ def test_the_demo_packs_its_curated_text_into_rows_training_reads(demo_run):
     reader = TokenReader(str(tokens), rank=0, world_size=1, seed=0)
     rows = [row for _, row in zip(range(manifest["rows"]), reader)]
     assert len(rows) == manifest["rows"] and all(len(tokens_) == 129 for tokens_, _ in rows)
+
+
+def test_the_demo_mixes_its_sources_by_the_recipe(demo_run):
+    _, _, root = demo_run
+    manifest = json.loads((root / "demo" / "mixed" / "_manifest.json").read_text())
+    plan = json.loads((root / "demo" / "mixed" / "_mixture.json").read_text())
+    assert sorted(plan["sources"]) == ["arxiv", "books", "c4"]
+    # The demo's two books cannot hit a fractional epoch to 0.5 points (a book is one document);
+    # tests/tasks/test_mix.py asserts that bar on corpora of hundreds of documents.
+    assert sum(row["realised_tokens"] for row in plan["sources"].values()) == plan["realised_tokens"]
+    assert plan["sources"]["c4"]["realised_tokens"] == plan["sources"]["c4"]["available_tokens"]  # one epoch
+    books = plan["sources"]["books"]
+    assert books["whole_epochs"] == 2 and manifest["totals"]["by_source"]["books"]["kept"] >= 2 * books["documents"]
