@@ -27,17 +27,7 @@ from tokenizers import Tokenizer as RustTokenizer
 
 from modeling.tokenizer import MODEL_FILE, Tokenizer, export_hf, train_tokenizer
 
-BOOKS = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpora" / "books"
-
-
-def book_paragraphs() -> list[str]:
-    paragraphs = []
-    for book in sorted(BOOKS.glob("pg*.txt")):
-        text = book.read_bytes().decode("utf-8", errors="replace").replace("\r\n", "\n")
-        paragraphs += [p for p in text.split("\n\n") if p.strip()]
-    if not paragraphs:
-        raise SystemExit(f"no books found in {BOOKS}")
-    return paragraphs
+from corpora import book_paragraphs  # bench/corpora.py; the benchmarks run as python bench/<name>.py
 
 
 def batches(texts: list[str], size: int) -> list[list[str]]:

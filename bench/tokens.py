@@ -34,17 +34,7 @@ from tasks.stage import InputFile, ShardUnit
 from tasks.storage import resolve
 from tasks.tokens import PackJob, TokenReader, document_ids, pack_part, tokenize_and_pack
 
-BOOKS = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpora" / "books"
-
-
-def book_paragraphs() -> list[str]:
-    paragraphs = []
-    for book in sorted(BOOKS.glob("pg*.txt")):
-        text = book.read_bytes().decode("utf-8", errors="replace").replace("\r\n", "\n")
-        paragraphs += [p for p in text.split("\n\n") if p.strip()]
-    if not paragraphs:
-        raise SystemExit(f"no books found in {BOOKS}")
-    return paragraphs
+from corpora import book_paragraphs  # bench/corpora.py; the benchmarks run as python bench/<name>.py
 
 
 def write_parts(texts: list[str], folder: Path, parts: int) -> list[ShardUnit]:

@@ -12,6 +12,7 @@ from tasks.sources.commoncrawl import CommonCrawlReader
 from tasks.stage import InputFile, ShardUnit, StageSpec, plan_units, run_shard
 from tasks.steps import Drop
 from tasks.synthetic.commoncrawl import CRAWL, WARC_NAME, WET_NAME, write_inputs
+from tests.tasks.sources import split_invariant
 
 READER = CommonCrawlReader()
 
@@ -32,15 +33,6 @@ def _read(path: Path, byte_range=None) -> list:
 def _split_reads(path: Path, target_bytes: int) -> list[list]:
     input_file = InputFile.describe(str(path))
     return [_read(path, byte_range) for byte_range in READER.split(input_file, target_bytes)]
-
-
-def _essence(item) -> tuple:
-    """What must not depend on the splitting (a split names records by byte offset, not by number)."""
-    if isinstance(item, Document):
-        return ("doc", item.id, item.text, {k: v for k, v in item.meta.items() if k != "provenance"})
-    if isinstance(item, Drop):
-        return ("drop", item.reason)
-    return ("bad", item.error, item.raw)
 
 
 def _member_starts(path: Path) -> list[int]:
@@ -73,7 +65,7 @@ def test_splits_read_what_the_whole_file_reads(big_files, name, splits):
     splits = [_read(path, r) for r in ranges]
     if splits is None:
         assert any(not items for items in splits)  # a split with no record start inside it
-    assert [_essence(i) for items in splits for i in items] == [_essence(i) for i in whole]
+    assert [split_invariant(i) for items in splits for i in items] == [split_invariant(i) for i in whole]
 
 
 def test_a_split_names_records_by_their_gzip_member_and_knows_the_crawl(big_files):
@@ -101,20 +93,20 @@ def test_a_corrupt_member_is_quarantined_and_its_split_goes_on(big_files, tmp_pa
     whole = _read(corrupt)
     assert "the rest of the file cannot be read" in whole[-1].error  # the whole-file read stops there
 
-    intact_items = [_essence(i) for i in _read(source)]
+    intact_items = [split_invariant(i) for i in _read(source)]
     intact_by_member = _items_by_member(source, starts)
     for target_bytes in (500, 30_000):  # many splits; a few, the corrupt member inside one
         items = [i for split in _split_reads(corrupt, target_bytes) for i in split]
         bad = [i for i in items if isinstance(i, BadRecord) and f"byte {starts[victim]}" in i.locator]
         assert bad and all("bad gzip data" in b.error or "block" in b.error for b in bad)
-        rest = [_essence(i) for i in items if i not in bad]
+        rest = [split_invariant(i) for i in items if i not in bad]
         expected = [e for n, member in enumerate(intact_by_member) if n != victim for e in member]
         assert rest == expected and len(expected) == len(intact_items) - 1
 
 
 def _items_by_member(path: Path, starts: list[int]) -> list[list[tuple]]:
     ends = starts[1:] + [path.stat().st_size]
-    return [[_essence(i) for i in _read(path, (s, e))] for s, e in zip(starts, ends)]
+    return [[split_invariant(i) for i in _read(path, (s, e))] for s, e in zip(starts, ends)]
 
 
 def test_an_uncompressed_warc_is_one_unit(tmp_path):
@@ -122,7 +114,7 @@ def test_an_uncompressed_warc_is_one_unit(tmp_path):
     plain.write_bytes(gzip.decompress(Path(write_inputs(str(tmp_path))[0]).read_bytes()))
     input_file = InputFile.describe(str(plain))
     assert READER.split(input_file, 1_000) == [(0, input_file.size)]
-    assert [_essence(i) for i in _read(plain, (0, input_file.size))] == [_essence(i) for i in _read(plain)]
+    assert [split_invariant(i) for i in _read(plain, (0, input_file.size))] == [split_invariant(i) for i in _read(plain)]
     with pytest.raises(ValueError, match="uncompressed WARC"):
         _read(plain, (1_000, input_file.size))
 

@@ -12,6 +12,7 @@ from tasks.sources.wikipedia import WikipediaReader
 from tasks.stage import InputFile, ShardUnit, StageSpec, plan_units, run_shard
 from tasks.steps import Drop
 from tasks.synthetic.wikipedia import write_inputs
+from tests.tasks.sources import split_invariant
 
 READER = WikipediaReader()
 COPIES = 17  # 204 pages: a header stream, three page streams, a footer stream
@@ -19,15 +20,6 @@ COPIES = 17  # 204 pages: a header stream, three page streams, a footer stream
 
 def _read(path: Path, byte_range=None) -> list:
     return list(READER.read(ShardUnit("wikipedia", 0, InputFile.describe(str(path)), byte_range)))
-
-
-def _essence(item) -> tuple:
-    """What must not depend on the splitting (a split names pages by their stream's byte offset)."""
-    if isinstance(item, Document):
-        return ("doc", item.id, item.text, {k: v for k, v in item.meta.items() if k != "provenance"})
-    if isinstance(item, Drop):
-        return ("drop", item.reason)
-    return ("bad", item.error, item.raw)
 
 
 def _stream_starts(path: Path) -> list[int]:
@@ -57,7 +49,7 @@ def test_splits_read_what_the_whole_file_reads(dump, target_bytes):
     splits = [_read(path, r) for r in ranges]
     if target_bytes < 10_000:
         assert any(not items for items in splits)  # splits with no stream start inside them
-    assert [_essence(i) for items in splits for i in items] == [_essence(i) for i in whole]
+    assert [split_invariant(i) for items in splits for i in items] == [split_invariant(i) for i in whole]
     assert len(whole) == 12 * COPIES
 
 
@@ -84,10 +76,10 @@ def test_a_corrupt_stream_is_quarantined_once_and_the_next_split_goes_on(dump, t
     ranges = [(0, starts[2]), (starts[2], starts[3]), (starts[3], len(data))]
     first, second, third = (_read(corrupt, r) for r in ranges)
     # The corrupt stream is no stream to the second split, so the first, ending just before, reports it.
-    assert [_essence(i) for i in first[:-1]] == [_essence(i) for i in whole[:100]] and second == []
+    assert [split_invariant(i) for i in first[:-1]] == [split_invariant(i) for i in whole[:100]] and second == []
     assert isinstance(first[-1], BadRecord) and "the rest of the split is unreadable" in first[-1].error
     assert f"of the stream at byte {starts[2]}" in first[-1].locator
-    assert [_essence(i) for i in third] == [_essence(i) for i in whole[200:]]
+    assert [split_invariant(i) for i in third] == [split_invariant(i) for i in whole[200:]]
 
 
 @pytest.mark.parametrize("name", ["enwiki-20220601-pages-articles.xml.bz2", "enwiki-20220601-pages-articles.xml"])
