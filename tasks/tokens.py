@@ -398,7 +398,7 @@ class TokenReader:
     """
 
     def __init__(self, stage_dir: str | Location, rank: int, world_size: int, seed: int,
-                 start: ReaderPosition | None = None) -> None:
+                 start: ReaderPosition | None = None, shards: Sequence[int] | None = None) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
         self.stage_dir = stage_dir if isinstance(stage_dir, Location) else resolve(stage_dir)
@@ -406,13 +406,20 @@ class TokenReader:
             raise FileNotFoundError(f"{self.stage_dir.uri}: no {SUCCESS}: not a finished token stage")
         manifest = self.stage_dir.join(MANIFEST).read_json()
         self.rank, self.world_size, self.seed = rank, world_size, seed
-        self.fingerprint = manifest["fingerprint"]
+        all_shards = manifest["shards"]
+        chosen = range(len(all_shards)) if shards is None else sorted(set(shards))
+        if not chosen or any(not 0 <= s < len(all_shards) for s in chosen):
+            raise ValueError(f"{self.stage_dir.uri}: shards {list(shards or [])} not all in 0..{len(all_shards) - 1}")
+        # A position is only valid for the same selection of shards.
+        self.fingerprint = manifest["fingerprint"] if shards is None else \
+            f"{manifest['fingerprint']}:shards={','.join(map(str, chosen))}"
         self.row_tokens = manifest["row_tokens"]
-        self._groups = [(shard["path"], group, rows)
-                        for shard in manifest["shards"] for group, rows in enumerate(shard["row_groups"])]
-        self.rows_per_epoch = manifest["rows"] // world_size
+        self._groups = [(all_shards[s]["path"], group, rows)
+                        for s in chosen for group, rows in enumerate(all_shards[s]["row_groups"])]
+        total_rows = sum(rows for _, _, rows in self._groups)
+        self.rows_per_epoch = total_rows // world_size
         if self.rows_per_epoch == 0:
-            raise ValueError(f"{self.stage_dir.uri}: {manifest['rows']} rows cannot feed {world_size} ranks")
+            raise ValueError(f"{self.stage_dir.uri}: {total_rows} rows cannot feed {world_size} ranks")
         start = start or ReaderPosition(0, 0, rank, world_size, seed, self.fingerprint)
         expected = (rank, world_size, seed, self.fingerprint)
         if (start.rank, start.world_size, start.seed, start.fingerprint) != expected:

@@ -25,7 +25,8 @@ from modeling.parallelize import apply_activation_checkpointing, apply_data_para
 from modeling.train import TrainConfig, Trainer, checkpoint_steps
 from tasks.shards import MANIFEST, SUCCESS
 from tasks.tokens import shard_schema
-from tests.modeling import assert_equal_within, one_thread, random_tokens, tiny_config  # noqa: F401 (fixture)
+from tests.modeling import (  # noqa: F401 (fixture)
+    assert_equal_within, one_thread, random_tokens, tiny_config, write_token_stage)
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -37,26 +38,6 @@ SEQ_LEN = 16
 VOCAB = 96
 
 
-def write_token_stage(stage: Path, rows: np.ndarray, doc_starts: list[list[int]]) -> str:
-    """A finished token stage in tasks/tokens.py's layout, written directly (no Ray needed)."""
-    stage.mkdir(parents=True)
-    shard = stage / "shard-00000.parquet"
-    table = pa.table({
-        "tokens": pa.FixedSizeListArray.from_arrays(pa.array(rows.reshape(-1).astype(np.uint16)), rows.shape[1]),
-        "doc_starts": pa.array(doc_starts, pa.list_(pa.int32())),
-        "source": pa.array(["synthetic"] * len(rows)),
-        "part": pa.array([0] * len(rows), pa.int32()),
-        "row_in_part": pa.array(range(len(rows)), pa.int32()),
-    }).cast(shard_schema(VOCAB, rows.shape[1] - 1))
-    pq.write_table(table, shard, row_group_size=8)
-    groups = [min(8, len(rows) - start) for start in range(0, len(rows), 8)]
-    manifest = {"fingerprint": "test-stage", "row_tokens": rows.shape[1], "rows": len(rows), "vocab_size": VOCAB,
-                "shards": [{"path": str(shard), "rows": len(rows), "row_groups": groups}]}
-    (stage / MANIFEST).write_text(json.dumps(manifest))
-    (stage / SUCCESS).write_text("{}")
-    return str(stage)
-
-
 @pytest.fixture(scope="module")
 def repeated_stage(tmp_path_factory) -> str:
     """24 rows, each a few 'documents' of a fixed counting pattern: easy to learn."""
@@ -65,7 +46,7 @@ def repeated_stage(tmp_path_factory) -> str:
         row = (np.arange(SEQ_LEN + 1) * 3 + i % 4) % VOCAB
         rows.append(row)
         starts.append([0, 5] if i % 2 else [0, 9])
-    return write_token_stage(tmp_path_factory.mktemp("tokens") / "tokens", np.stack(rows), starts)
+    return write_token_stage(tmp_path_factory.mktemp("tokens") / "tokens", np.stack(rows), starts, VOCAB)
 
 
 def train_config(data_dir: str, **overrides) -> TrainConfig:
@@ -177,6 +158,59 @@ def test_checkpoints_keep_the_last_n_and_export_to_hf(repeated_stage, tmp_path):
     exported = load_hf(trainer.export_hf(tmp_path / "hf"))
     for name, tensor in trainer.model.state_dict().items():
         assert torch.equal(exported.state_dict()[name], tensor), name
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(repeated_stage, tmp_path, caplog):
+    folder = tmp_path / "ckpt"
+    straight = Trainer(train_config(repeated_stage))
+    straight_losses = [straight.train_step()["loss"] for _ in range(8)]
+    first = Trainer(train_config(repeated_stage, checkpoint_dir=str(folder), checkpoint_interval=2))
+    for _ in range(4):
+        first.train_step()
+    assert checkpoint_steps(folder) == [2, 4]
+    data_file = next((folder / "step-00000004").glob("__0_*.distcp"))
+    data_file.write_bytes(data_file.read_bytes()[:-100] + bytes(100))  # same size, wrong bytes
+
+    with caplog.at_level("WARNING", logger="llamaline.train"):
+        resumed = Trainer(train_config(repeated_stage, checkpoint_dir=str(folder)))
+    assert resumed.step == 2 and resumed.resumed_from == folder / "step-00000002"
+    assert resumed.skipped_checkpoints == [(folder / "step-00000004", f"{data_file.name} does not match its sha256 (corrupt)")]
+    assert "step-00000004 cannot be resumed from" in caplog.text
+    assert [resumed.train_step()["loss"] for _ in range(6)] == straight_losses[2:]
+
+
+def test_a_run_with_only_broken_checkpoints_stops_rather_than_start_over(repeated_stage, tmp_path):
+    folder = tmp_path / "ckpt"
+    Trainer(train_config(repeated_stage, checkpoint_dir=str(folder), total_steps=2)).train()
+    (folder / "step-00000002" / "rank-00000.json").unlink()
+    with pytest.raises(RuntimeError, match="none of the checkpoints .* can be resumed from: step-00000002: "
+                                           "rank-00000.json is missing"):
+        Trainer(train_config(repeated_stage, checkpoint_dir=str(folder)))
+
+
+def test_held_out_shards_are_never_trained_on_and_give_a_validation_loss(tmp_path):
+    rows = np.stack([(np.arange(SEQ_LEN + 1) + i) % VOCAB for i in range(32)])
+    stage = write_token_stage(tmp_path / "tokens", rows, [[0]] * 32, VOCAB, shards=4)
+    config = train_config(stage, holdout_shards=1, validation_interval=2, validation_rows=4, total_steps=4)
+    trainer = Trainer(config)
+    history = trainer.train()
+    rows_read = iter(Trainer(config).reader)  # a whole epoch of training rows
+    seen = {int(next(rows_read)[0][0]) for _ in range(24)}
+    held_out = {int(r[0]) for r in rows[24:]}
+    assert seen.isdisjoint(held_out) and len(seen) == 24
+    assert [("validation_loss" in m) for m in history] == [False, True, False, True]
+    assert trainer.validation_loss() == trainer.validation_loss()  # the same rows every time
+    with pytest.raises(ValueError, match="holdout_shards=4 leaves none of its 4 shards"):
+        Trainer(train_config(stage, holdout_shards=4))
+    with pytest.raises(ValueError, match="validation_interval is set but there is no validation set"):
+        train_config(stage, validation_interval=2)
+
+
+def test_bf16_autocast_trains(repeated_stage):
+    trainer = Trainer(train_config(repeated_stage, mixed_precision="bf16", total_steps=12, lr=1e-2))
+    losses = [trainer.train_step()["loss"] for _ in range(12)]
+    assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0] - 0.5
+    assert trainer.model.output.weight.dtype == torch.float32  # master weights stay fp32
 
 
 # ------------------------------------------------------------------------------ parallelism
