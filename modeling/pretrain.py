@@ -388,6 +388,8 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
             name=config.run_name, storage_path=str(run_dir.parent),
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoint.keep_last),
+            # A fault drill set for the driver reaches the workers too.
+            worker_runtime_env={"env_vars": {FAULT_ENV: os.environ[FAULT_ENV]}} if FAULT_ENV in os.environ else None,
         ),
     )
     started = time.time()
