@@ -1,8 +1,8 @@
 """`curate`: ingested documents -> the curated corpus, per source, as a recipe says (LLaMA 1 by default).
 
 Stages under the output root, in order: line_dedup -> filtered (with perplexity scoring where the
-recipe filters by quality) -> quality (buckets) -> minhash / book_dedup -> curated (see
-tasks/curate/recipe.py). Every stage is a shard stage of its own (manifest, receipts,
+recipe filters by quality) -> quality (buckets) -> sentence_dedup -> minhash / book_dedup ->
+curated (see tasks/curate/recipe.py). Every stage is a shard stage of its own (manifest, receipts,
 quarantine, completion marker), so a rerun skips what is done.
 """
 
@@ -19,7 +19,14 @@ from pydantic import BaseModel, Field, model_validator
 from infra.ray_env import ensure_ray
 from infra.settings import default_data_root
 from tasks.curate.quality import PERPLEXITY_SCHEMA
-from tasks.curate.recipe import CurateRecipe, build_bucket_filter, build_filtered_steps, build_pii, load_recipe
+from tasks.curate.recipe import (
+    CurateRecipe,
+    SentenceDedupOptions,
+    build_bucket_filter,
+    build_filtered_steps,
+    build_pii,
+    load_recipe,
+)
 from tasks.curate.report import publish_perplexity_histogram
 from tasks.shards import MANIFEST
 from tasks.stage import PartReader, StageSpec, run_stage, units_from_stage
@@ -67,6 +74,14 @@ def line_dedup(input_stage: str, root: str, sources: list[str], min_chars: int) 
 
     ensure_ray()
     return run_line_dedup(resolve(input_stage), root, min_chars=min_chars, sources=sources)
+
+
+@task
+def sentence_dedup(input_stage: str, root: str, source: str, options: SentenceDedupOptions) -> dict[str, Any]:
+    from tasks.curate.sentence_dedup import run_sentence_dedup
+
+    ensure_ray()
+    return run_sentence_dedup(resolve(input_stage), root, sources=[source], **options.model_dump())
 
 
 @task
@@ -199,6 +214,14 @@ def curate(config: CurateConfig = CurateConfig()) -> list[dict[str, Any]]:
         last[source] = resolve(root).join("quality").uri
     if scored:
         stages.append("quality")
+
+    # One run per source: each source is its own global order, with its own options.
+    dedup_spans = [s for s in sources if recipe.sources[s].sentence_dedup]
+    for source in dedup_spans:
+        sentence_dedup(last[source], root, source, recipe.sources[source].sentence_dedup)
+        last[source] = resolve(root).join("sentence_dedup").uri
+    if dedup_spans:
+        stages.append("sentence_dedup")
 
     near = [s for s in sources if recipe.sources[s].near_dedup]
     if near:

@@ -3,8 +3,9 @@
 A source's documents go through the stages in this order, each a folder under the output root:
 ``line_dedup`` (CCNet's exact line dedup, where configured) -> ``filtered`` (the source's
 document filters: language, heuristics; KenLM perplexity where it filters by quality) ->
-``quality`` (head/middle/tail buckets) -> ``minhash`` (near-duplicates across the sources that
-join it) or ``book_dedup`` -> ``curated`` (PII scrubbing; the stage later steps read).
+``quality`` (head/middle/tail buckets) -> ``sentence_dedup`` (C4's three-sentence spans, where
+configured) -> ``minhash`` (near-duplicates across the sources that join it) or ``book_dedup`` ->
+``curated`` (PII scrubbing; the stage later steps read).
 """
 
 from __future__ import annotations
@@ -49,6 +50,15 @@ class LineDedupOptions(BaseModel):
     min_chars: int = Field(300, ge=0, description="Documents shorter than this after dedup are dropped")
 
 
+class SentenceDedupOptions(BaseModel):
+    """C4's span dedup (tasks/curate/sentence_dedup.py); minimums as datatrove's SentDedupConfig."""
+
+    n_sentences: int = Field(3, ge=1, description="Sentences per span")
+    min_sentences: int = Field(3, ge=0, description="A document dedup shortened is dropped under this many sentences,")
+    min_words: int = Field(50, ge=0, description="... or under this many words")
+    language: str = Field("en", description="Sentence splitting rules (sentencex language code)")
+
+
 class MinHashOptions(BaseModel):
     threshold: float = Field(0.8, gt=0, lt=1)
     num_perm: int = Field(128, ge=16)
@@ -75,6 +85,7 @@ class SourceRecipe(BaseModel):
     line_dedup: LineDedupOptions | None = None
     filters: list[FilterSpec] = Field(default_factory=list)
     quality: QualityOptions | None = None
+    sentence_dedup: SentenceDedupOptions | None = None
     near_dedup: bool = Field(False, description="Join the MinHash near-duplicate group")
     book_dedup: bool = False
     pii: PIIOptions | None = Field(default_factory=PIIOptions)

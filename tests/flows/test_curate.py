@@ -24,7 +24,7 @@ def test_every_stage_takes_what_the_one_before_kept(curated):
     ingested = resolve(root).join("ingest", "_manifest.json").read_json()["totals"]["by_source"]
     chains = {
         "commoncrawl": ["line_dedup", "filtered", "quality", "minhash", "curated"],
-        "c4": ["filtered", "minhash", "curated"],
+        "c4": ["filtered", "sentence_dedup", "minhash", "curated"],
         "wikipedia": ["filtered", "curated"],
         "books": ["filtered", "book_dedup", "curated"],
         "arxiv": ["filtered", "curated"],
