@@ -27,7 +27,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
-from modeling.pretrain import METRICS_FILE, SUMMARY_FILE, PretrainConfig, debug_run, read_metrics
+from modeling.pretrain import METRICS_FILE, SUMMARY_FILE, PretrainConfig, debug_run, read_metrics, with_overrides
 
 POLL_SECONDS = 2.0
 STOP_WAIT_SECONDS = 60.0
@@ -156,9 +156,9 @@ def follow(config: PretrainConfig, done: Callable[[], bool], extra_poll: Callabl
 @task
 def validate(config: PretrainConfig, address: str | None) -> dict[str, Any]:
     """Reject a run that cannot work before anything starts."""
-    manifest = config.check_data()
     resources = cluster_resources(address)
     config.check_cluster(resources)
+    manifest = config.check_data()
     get_run_logger().info(
         f"{config.model}: {config.total_steps} steps of {config.global_batch_tokens:,} tokens on "
         f"{config.scaling.num_workers} {'GPU' if config.scaling.use_gpu else 'CPU'} workers; data "
@@ -233,6 +233,7 @@ def _stop_job_of_cancelled_run(flow, cancelled_run, state) -> None:
     """on_cancellation hook: the worker runs it after killing the flow's process."""
     parameters = cancelled_run.parameters.get("config")
     config = PretrainConfig.model_validate(parameters) if parameters else debug_run()
+    config = with_overrides(config, cancelled_run.parameters.get("overrides"))
     address = jobs_address(config)
     if address:
         stop_job(job_client(address), submission_id(str(cancelled_run.id)))
@@ -296,7 +297,10 @@ def publish(config: PretrainConfig, summary: dict[str, Any]) -> None:
 
 
 @flow(name="pretrain", log_prints=True, on_cancellation=[_stop_job_of_cancelled_run])
-def pretrain(config: PretrainConfig = debug_run()) -> dict[str, Any]:
+def pretrain(config: PretrainConfig = debug_run(), overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`overrides` changes single fields of `config` at run time, e.g. {"steps": 100} or
+    {"scaling": {"num_workers": 16}}."""
+    config = with_overrides(config, overrides)
     address = jobs_address(config)
     validate(config, address)
     summary = train_as_ray_job(config, address) if address else train_here(config)

@@ -231,6 +231,58 @@ def tokenize(
 
 
 @app.command()
+def pretrain(
+    preset: Annotated[str, typer.Option(help="Starting point: debug (the demo's tokens, CPUs) or llama2-7b")] = "debug",
+    config_file: Annotated[Path | None, typer.Option("--config", help="A PretrainConfig as JSON or YAML instead")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Change a field: --set steps=100 --set scaling.num_workers=4")] = None,
+    print_config: Annotated[bool, typer.Option(help="Print the resulting config as JSON and exit")] = False,
+) -> None:
+    """Pretrain a LLaMA model with Ray Train (the `pretrain` flow); the same --set run_name resumes a run.
+
+    Exit code 0: trained; 1: the run failed; 2: the config is invalid (nothing started).
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    from modeling.pretrain import PRESETS, PretrainConfig, with_overrides
+
+    overrides: dict = {}
+    for assignment in set_ or []:
+        key, separator, value = assignment.partition("=")
+        if not separator or not key:
+            console.print(f"[red]error[/red] --set {assignment!r}: expected FIELD=VALUE")
+            raise typer.Exit(code=2)
+        *parents, leaf = key.split(".")
+        target = overrides
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = yaml.safe_load(value)
+    try:
+        if config_file is not None:
+            config = PretrainConfig.model_validate(yaml.safe_load(config_file.read_text()))
+        elif preset in PRESETS:
+            config = PRESETS[preset]()
+        else:
+            console.print(f"[red]error[/red] unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+            raise typer.Exit(code=2)
+        config = with_overrides(config, overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        console.print(f"[red]error[/red] {where + ': ' if where else ''}{first['msg']}")
+        raise typer.Exit(code=2) from exc
+    if print_config:
+        print(config.model_dump_json(indent=2))
+        return
+    use_running_stack()
+    from flows.pretrain import pretrain as pretrain_flow
+
+    summary = _run(pretrain_flow, config)
+    console.print(f"{summary['steps']} steps, loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}; "
+                  f"run folder {summary['run_dir']}")
+
+
+@app.command()
 def shards(
     stage_dir: Annotated[str, typer.Argument(help="Stage folder (path or URI) with a _manifest.json")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON")] = False,

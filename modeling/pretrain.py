@@ -56,6 +56,13 @@ GIB = 2**30
 # fp32 weights + fp32 gradients + AdamW's two fp32 moments; activations and buffers come on top.
 TRAINING_BYTES_PER_PARAM = 16
 GPU_MEMORY_FOR_STATES = 0.75  # share of a GPU's memory the sharded states may take
+TRAIN_CONFIG_FIELDS = {
+    "warmup_steps": "schedule.warmup_steps", "final_lr_ratio": "schedule.final_lr_ratio", "lr": "optimizer.lr",
+    "clip_grad_norm": "optimizer.clip_grad_norm", "total_steps": "steps", "seq_len": "seq_len",
+    "global_batch_tokens": "global_batch_tokens", "micro_batch_rows": "micro_batch_rows",
+    "mixed_precision": "parallelism.mixed_precision", "holdout_shards": "validation.holdout_shards",
+    "validation_interval": "validation.interval_steps", "validation_rows": "validation.rows",
+}
 
 
 class Strict(BaseModel):
@@ -138,8 +145,13 @@ class PretrainConfig(Strict):
         if self.train_tokens is not None and self.train_tokens < self.global_batch_tokens:
             raise ValueError(f"train_tokens ({self.train_tokens}) is less than one batch of "
                              f"global_batch_tokens ({self.global_batch_tokens})")
-        self.train_config()  # TrainConfig's own checks (warmup <= steps, seq_len fits, whole rows ...)
-        self.train_config().accumulation_steps(self.scaling.num_workers)
+        try:  # TrainConfig's own checks (warmup <= steps, seq_len fits, whole rows ...), in our field names
+            self.train_config().accumulation_steps(self.scaling.num_workers)
+        except ValueError as error:
+            message = str(error)
+            for inner, outer in TRAIN_CONFIG_FIELDS.items():
+                message = message.replace(f"TrainConfig.{inner} ", f"{outer} ")
+            raise ValueError(message) from None
         self._check_memory()
         return self
 
@@ -219,13 +231,44 @@ class PretrainConfig(Strict):
 
 
 def debug_run(**overrides: Any) -> PretrainConfig:
-    """A run of the `debug` size that finishes in a minute or two on a 2-core machine."""
+    """A run of the `debug` size on what `make demo` tokenized; a minute or two on a 2-core machine."""
     settings: dict[str, Any] = dict(
-        run_name="debug", model="debug", steps=40, seq_len=128, global_batch_tokens=128 * 8, micro_batch_rows=4,
+        run_name="debug", model="debug", data=f"{default_data_root()}/demo/tokens", steps=40, seq_len=128, global_batch_tokens=128 * 8, micro_batch_rows=4,
         schedule={"warmup_steps": 4}, checkpoint={"interval_steps": 10, "keep_last": 2},
         scaling={"num_workers": 2, "cpus_per_worker": 0.5},
     )
     return PretrainConfig.model_validate(settings | overrides)
+
+
+def llama2_7b_run(**overrides: Any) -> PretrainConfig:
+    """Llama 2 7B by the paper (RECIPE.md section 3): 2T tokens in 4M-token batches of 4096-token rows,
+    on 8 GPU workers with FSDP2, bf16 autocast and activation checkpointing."""
+    settings: dict[str, Any] = dict(
+        run_name="llama2-7b", model="llama2-7b", train_tokens=2_000_000_000_000, global_batch_tokens=4_194_304,
+        seq_len=4096, micro_batch_rows=2, parallelism={"activation_checkpointing": "all", "mixed_precision": "bf16"},
+        checkpoint={"interval_steps": 1000, "keep_last": 3},
+        validation={"holdout_shards": 1, "interval_steps": 1000, "rows": 32},
+        scaling={"num_workers": 8, "use_gpu": True, "cpus_per_worker": 8, "gpu_memory_gib": 80},
+    )
+    return PretrainConfig.model_validate(settings | overrides)
+
+
+PRESETS = {"debug": debug_run, "llama2-7b": llama2_7b_run}
+
+
+def with_overrides(config: PretrainConfig, overrides: Mapping[str, Any] | None) -> PretrainConfig:
+    """The config with `overrides` merged in (nested options field by field), validated again."""
+
+    def merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+        merged = dict(base)
+        for key, value in changes.items():
+            merged[key] = merge(base[key], value) if isinstance(value, Mapping) and isinstance(base.get(key), dict) \
+                else value
+        return merged
+
+    if not overrides:
+        return config
+    return PretrainConfig.model_validate(merge(config.model_dump(), overrides))
 
 
 # ---------------------------------------------------------------------------------- per worker
@@ -372,8 +415,8 @@ def run_pretraining(config: PretrainConfig) -> dict[str, Any]:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    config.check_data()
     config.check_cluster(ray.cluster_resources())
+    config.check_data()
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     scaling = config.scaling
