@@ -1,11 +1,24 @@
 """MinHash dedup throughput (documents/s end to end) and the clustering stage's peak memory.
 
-Run by hand: ``.venv/bin/python bench/minhash.py [--families 400 --unrelated 2000 --parts 4]``.
+Run by hand: ``.venv/bin/python bench/minhash.py [--families 3000 --unrelated 10000 --parts 8]``.
 With ``--datatrove DIR`` (a throwaway ``pip install --target DIR datatrove``, never the shared
 venv) it also runs datatrove's four MinHash stages on the same files with the same shingles
-(word 5-grams), permutations and bands, in a subprocess with DIR on PYTHONPATH, for a ratio.
+(word 5-grams), permutations and bands, each stage in a subprocess with DIR on PYTHONPATH.
 datatrove's English word tokenizer needs NLTK data that cannot be downloaded here, so its
 signature stage gets a whitespace tokenizer: the synthetic text is words and one final period.
+
+Three measurements:
+
+1. End to end on one corpus whose families are near-copies (many duplicate pairs): seconds and
+   documents/s of ours and of datatrove's pipeline, and their ratio.
+2. The clustering stage's memory on that corpus's verified pairs, for each ``--partitions``:
+   the largest clustering task's peak RSS. Ours runs as Ray tasks in reused worker processes,
+   so each task resets its process's peak (``/proc/self/clear_refs``) and reports the peak and
+   its RSS at the start; "growth" is the difference, the memory the task itself added.
+   datatrove's cluster stage (one process, by design) is measured the same way.
+3. With ``--graph-pairs N``: the clustering stage alone on a synthetic duplicate graph of N
+   pairs, written both as our verified files and as datatrove's ``.dups`` files, so the
+   difference is not lost in the processes' base memory.
 """
 
 from __future__ import annotations
@@ -13,19 +26,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
+import struct
 import subprocess
 import sys
 import tempfile
 import textwrap
 import time
-import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# Families of near-copies (Jaccard of word 5-grams about 0.9 and above at 1-3% edits): every
+# member is a duplicate at threshold 0.8, so a family of ten gives nine dropped documents.
+DUPLICATE_EDIT_RATES = (0.0, 0.0, 0.0, 0.01, 0.01, 0.01, 0.02, 0.02, 0.03)
+
 DATATROVE_SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import json, sys, time
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
         MinhashDedupFilter, MinhashDedupSignature)
@@ -43,44 +61,143 @@ DATATROVE_SCRIPT = textwrap.dedent(
         def span_tokenize(self, text):
             raise NotImplementedError
 
-    raw, work, tasks, bands, rows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    def status(field):
+        with open("/proc/self/status") as lines:
+            return next(int(l.split()[1]) * 1024 for l in lines if l.startswith(field + ":"))
+
+    stage, raw, work, tasks, bands, rows = sys.argv[1:3] + [sys.argv[3]] + [int(a) for a in sys.argv[4:7]]
     config = MinhashConfig(n_grams=5, num_buckets=bands, hashes_per_bucket=rows, seed=1,
                            hash_config=HashConfig(precision=64, hash_fc="sha1"))
     read = lambda: JsonlReader(raw, glob_pattern="*/*.jsonl.gz", id_key="url")
+    executors = {
+        "signatures": lambda: LocalPipelineExecutor([read(), MinhashDedupSignature(f"{work}/sigs", config=config, language=Whitespace())],
+                                                    tasks=tasks, workers=2, logging_dir=f"{work}/logs/1"),
+        "buckets": lambda: LocalPipelineExecutor([MinhashDedupBuckets(f"{work}/sigs", f"{work}/buckets", config=config)],
+                                                 tasks=bands, workers=2, logging_dir=f"{work}/logs/2"),
+        "cluster": lambda: LocalPipelineExecutor([MinhashDedupCluster(f"{work}/buckets", f"{work}/remove", config=config)],
+                                                 tasks=1, logging_dir=f"{work}/logs/3"),
+        "filter": lambda: LocalPipelineExecutor([read(), MinhashDedupFilter(f"{work}/remove")],
+                                                tasks=tasks, workers=2, logging_dir=f"{work}/logs/4"),
+    }
+    executor = executors[stage]()
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    start_rss = status("VmRSS")
     started = time.perf_counter()
-    LocalPipelineExecutor([read(), MinhashDedupSignature(f"{work}/sigs", config=config, language=Whitespace())],
-                          tasks=tasks, workers=2, logging_dir=f"{work}/logs/1").run()
-    LocalPipelineExecutor([MinhashDedupBuckets(f"{work}/sigs", f"{work}/buckets", config=config)],
-                          tasks=bands, workers=2, logging_dir=f"{work}/logs/2").run()
-    LocalPipelineExecutor([MinhashDedupCluster(f"{work}/buckets", f"{work}/remove", config=config)],
-                          tasks=1, logging_dir=f"{work}/logs/3").run()
-    LocalPipelineExecutor([read(), MinhashDedupFilter(f"{work}/remove")],
-                          tasks=tasks, workers=2, logging_dir=f"{work}/logs/4").run()
-    print("SECONDS", time.perf_counter() - started)
+    executor.run()
+    print("RESULT", json.dumps({"seconds": time.perf_counter() - started, "start_rss": start_rss, "peak_rss": status("VmHWM")}))
     """
 )
+
+MIB = 1 << 20
+
+
+def run_datatrove(folder: str, stage: str, raw: Path, work: Path, tasks: int, bands: int, rows: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": folder}
+    arguments = [stage, str(raw), str(work), str(tasks), str(bands), str(rows)]
+    run = subprocess.run([sys.executable, "-c", DATATROVE_SCRIPT, *arguments], env=env, capture_output=True, text=True)
+    lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT")]
+    if run.returncode or not lines:
+        raise RuntimeError(f"datatrove {stage} failed:\n{(run.stderr or run.stdout)[-3000:]}")
+    return json.loads(lines[0].split(" ", 1)[1])
+
+
+def memory_figures(report: dict) -> dict:
+    return {"peak_rss_mib": round(report["peak_rss"] / MIB, 1), "growth_mib": round((report["peak_rss"] - report["start_rss"]) / MIB, 1)}
+
+
+def largest_task(memory: list[dict]) -> dict:
+    """The clustering task with the highest peak, and the highest growth of any task."""
+    peak = max(memory, key=lambda m: m["peak_rss"])
+    growth = max(memory, key=lambda m: m["peak_rss"] - m["start_rss"])
+    return {
+        "largest_task_peak_rss_mib": round(peak["peak_rss"] / MIB, 1),
+        "largest_task_growth_mib": round((growth["peak_rss"] - growth["start_rss"]) / MIB, 1),
+        "largest_growth_phase": growth["phase"],
+        "tasks": len(memory),
+    }
+
+
+def partition_sweep(root: Path, sources: tuple[str, ...], verified: list, partitions: list[int]) -> dict:
+    from tasks.curate.minhash import _Layout, cluster
+
+    sweep = {}
+    for count in partitions:
+        layout = _Layout(str(root), f"sweep-p{count}", sources, 128)
+        started = time.perf_counter()
+        stats, memory = cluster(layout, verified, count)
+        sweep[count] = {"seconds": round(time.perf_counter() - started, 2), "rounds": stats["rounds"], **largest_task(memory)}
+    return sweep
+
+
+def duplicate_graph(pairs: int, parts: int, seed: int = 0) -> list[tuple[int, int, int, int]]:
+    """(part, row, part, row) pairs: clusters of 2-40 documents spread over parts, each a random
+    tree plus one extra link in two, as MinHash's band collisions give."""
+    rng = random.Random(seed)
+    rows = [0] * parts
+    edges: list[tuple[int, int, int, int]] = []
+    while len(edges) < pairs:
+        members = []
+        for _ in range(rng.randint(2, 40)):
+            part = rng.randrange(parts)
+            members.append((part, rows[part]))
+            rows[part] += 1
+        links = [(members[rng.randrange(i)], members[i]) for i in range(1, len(members))]
+        links += [tuple(rng.sample(members, 2)) for _ in range(len(members) // 2)]
+        edges.extend((*min(x, y), *max(x, y)) for x, y in links if x != y)
+    return edges[:pairs]
+
+
+def write_graph(edges: list[tuple[int, int, int, int]], folder: Path, bands: int) -> list:
+    """Our verified files (one per part of the smaller position) and datatrove's .dups files."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.curate.minhash import ROW_BITS, VERIFIED_SCHEMA, pack
+    from tasks.storage import resolve
+
+    array = np.array(edges, dtype=np.int64)
+    a, b = pack(0, 0, array[:, 1]) | (array[:, 0] << ROW_BITS), pack(0, 0, array[:, 3]) | (array[:, 2] << ROW_BITS)
+    (folder / "verified").mkdir(parents=True)
+    verified = []
+    for part in np.unique(array[:, 0]):
+        chosen = array[:, 0] == part
+        path = folder / "verified" / f"{part:05d}.parquet"
+        table = pa.table({"a": a[chosen], "b": b[chosen], "similarity": np.ones(int(chosen.sum()), np.float32)}, schema=VERIFIED_SCHEMA)
+        pq.write_table(table, path)
+        verified.append(resolve(str(path)))
+    (folder / "buckets").mkdir()
+    for band, chunk in enumerate(np.array_split(array, bands)):
+        with open(folder / "buckets" / f"{band:05d}_00.dups", "wb") as out:
+            out.write(b"".join(struct.pack("<4I", *map(int, row)) for row in chunk))
+    return verified
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", type=int, default=400)
-    parser.add_argument("--unrelated", type=int, default=2000)
-    parser.add_argument("--parts", type=int, default=4)
+    parser.add_argument("--families", type=int, default=3000)
+    parser.add_argument("--unrelated", type=int, default=10000)
+    parser.add_argument("--parts", type=int, default=8, help="input parts per source (two sources)")
+    parser.add_argument("--partitions", default="1,4,16", help="cluster_partitions values to compare")
+    parser.add_argument("--graph-pairs", type=int, default=0, help="also cluster a synthetic graph of this many pairs")
     parser.add_argument("--datatrove", help="folder datatrove was pip-installed into with --target")
     args = parser.parse_args()
+    partitions = [int(p) for p in args.partitions.split(",")]
 
     import pyarrow.parquet as pq
 
     from infra.ray_env import ensure_ray
-    from tasks.curate.minhash import MinHashConfig, _Layout, cluster, run_dedup
+    from tasks.curate.minhash import MinHashConfig, run_dedup
     from tasks.sources.jsonl import JsonlReader
     from tasks.stage import InputFile, ShardUnit, StageSpec, run_stage
     from tasks.storage import resolve
     from tasks.synthetic.near_duplicates import generate
 
-    corpus = generate(seed=0, families=args.families, unrelated=args.unrelated, parts=args.parts)
+    corpus = generate(seed=0, families=args.families, unrelated=args.unrelated, parts=args.parts, edit_rates=DUPLICATE_EDIT_RATES)
     config = MinHashConfig()
     bands, rows = config.bands_rows
+    result: dict = {"cores": os.cpu_count(), "bands_rows": [bands, rows], "cluster_partitions": config.cluster_partitions}
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         files = corpus.write_jsonl(folder / "raw")
@@ -91,38 +208,38 @@ def main() -> None:
         manifest = run_dedup(resolve(str(folder / "out" / "ingest")), str(folder / "out"), "minhash", config)
         seconds = time.perf_counter() - started
         docs = len(corpus.documents)
-        result = {
+        verified = [resolve(str(p)) for p in sorted((folder / "out" / "minhash-verified").rglob("*.parquet"))]
+        result["corpus"] = {
             "documents": docs,
             "dropped": manifest["totals"]["dropped_total"],
-            "seconds": round(seconds, 2),
-            "documents_per_second": round(docs / seconds, 1),
-            "bands_rows": [bands, rows],
+            "verified_pairs": sum(pq.read_metadata(v.path).num_rows for v in verified),
         }
-        # Clustering alone, in this process, to see its peak memory (numpy reports to tracemalloc).
-        layout = _Layout(str(folder / "out"), "memory-probe", tuple(sorted(files)), config.num_perm)
-        verified = sorted(str(p) for p in (folder / "out" / "minhash-verified").rglob("*.parquet"))
-        pairs = sum(pq.read_metadata(p).num_rows for p in verified)
-        cluster(layout, verified)  # once untraced: lazy imports are not the clustering's memory
-        tracemalloc.start()
-        cluster(layout, verified)
-        result["cluster_pairs"] = pairs
-        result["cluster_peak_mib"] = round(tracemalloc.get_traced_memory()[1] / 2**20, 2)
-        tracemalloc.stop()
+        result["ours"] = {"seconds": round(seconds, 2), "documents_per_second": round(docs / seconds, 1)}
+        result["ours_cluster_by_partitions"] = partition_sweep(folder / "out", tuple(sorted(files)), verified, partitions)
 
         if args.datatrove:
-            env = {**os.environ, "PYTHONPATH": args.datatrove}
-            run = subprocess.run(
-                [sys.executable, "-c", DATATROVE_SCRIPT, str(folder / "raw"), str(folder / "dt"), str(len(units)), str(bands), str(rows)],
-                env=env, capture_output=True, text=True,
-            )
-            lines = [line for line in run.stdout.splitlines() if line.startswith("SECONDS")]
-            if run.returncode or not lines:
-                result["datatrove_error"] = (run.stderr or run.stdout)[-2000:]
-            else:
-                dt_seconds = float(lines[0].split()[1])
-                result["datatrove_seconds"] = round(dt_seconds, 2)
-                result["datatrove_documents_per_second"] = round(docs / dt_seconds, 1)
-                result["ours_over_datatrove"] = round(dt_seconds / seconds, 2)
+            stages = {}
+            for stage in ("signatures", "buckets", "cluster", "filter"):
+                stages[stage] = run_datatrove(args.datatrove, stage, folder / "raw", folder / "dt", len(units), bands, rows)
+            dt_seconds = sum(s["seconds"] for s in stages.values())
+            removed = sum(p.stat().st_size // 4 for p in (folder / "dt" / "remove").glob("*.remove"))
+            result["datatrove"] = {
+                "seconds": round(dt_seconds, 2),
+                "documents_per_second": round(docs / dt_seconds, 1),
+                "dropped": removed,
+                "cluster_stage": memory_figures(stages["cluster"]),
+            }
+            result["ours_over_datatrove_documents_per_second"] = round(dt_seconds / seconds, 2)
+
+        if args.graph_pairs:
+            graph_folder = folder / "graph"
+            edges = duplicate_graph(args.graph_pairs, parts=64)
+            graph_verified = write_graph(edges, graph_folder, bands)
+            graph = {"pairs": len(edges), "ours_by_partitions": partition_sweep(graph_folder, ("graph",), graph_verified, partitions)}
+            if args.datatrove:
+                dt = run_datatrove(args.datatrove, "cluster", folder / "raw", graph_folder, 1, bands, rows)
+                graph["datatrove_cluster"] = {"seconds": round(dt["seconds"], 2), **memory_figures(dt)}
+            result["graph"] = graph
     print(json.dumps(result, indent=2))
 
 

@@ -110,6 +110,7 @@ def near_dedup(input_stages: dict[str, str], root: str, recipe: CurateRecipe) ->
     return run_minhash_dedup(
         {source: resolve(stage) for source, stage in input_stages.items()}, root, threshold=options.threshold,
         num_perm=options.num_perm, ngram=options.ngram, seed=options.seed,
+        cluster_partitions=options.cluster_partitions,
     )
 
 

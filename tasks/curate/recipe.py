@@ -64,6 +64,8 @@ class MinHashOptions(BaseModel):
     num_perm: int = Field(128, ge=16)
     ngram: int = Field(5, ge=1)
     seed: int = 1
+    # Hash partitions of the connected-components rounds: more partitions, less memory per task.
+    cluster_partitions: int = Field(4, ge=1)
 
 
 class PIIOptions(BaseModel):

@@ -6,20 +6,27 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from tasks.curate.minhash import (
+    ROW_BITS,
+    VERIFIED_SCHEMA,
     MinHashConfig,
     Signer,
+    _Layout,
     audit_location,
-    connected_duplicates,
+    cluster,
     jaccard,
+    large_star,
     normalise,
+    pack,
     run_dedup,
     run_minhash_dedup,
     shingle_set,
     shingles,
+    small_star,
 )
 from tasks.documents import make_doc_id
 from tasks.shards import read_part
@@ -56,11 +63,100 @@ def test_signers_with_one_seed_agree_and_estimate_jaccard():
     assert first.sign("!!!") is None
 
 
-def test_each_cluster_keeps_its_smallest_position():
-    a = np.array([5, 2, 9, 40], dtype=np.int64)
-    b = np.array([7, 5, 11, 41], dtype=np.int64)
-    documents, representatives = connected_duplicates(a, b)
-    assert dict(zip(documents.tolist(), representatives.tolist())) == {5: 2, 7: 2, 11: 9, 41: 40}
+def edges(larger: np.ndarray, smaller: np.ndarray) -> set[tuple[int, int]]:
+    return set(zip(larger.tolist(), smaller.tolist()))
+
+
+def test_large_star_links_larger_neighbours_to_the_smallest_and_small_star_the_smaller_ones():
+    # The path 1 - 2 - 3 - 4, both directions, as large-star reads it.
+    node, neighbour = np.array([1, 2, 2, 3, 3, 4]), np.array([2, 1, 3, 2, 4, 3])
+    assert edges(*large_star(node, neighbour)) == {(2, 1), (3, 1), (4, 2)}
+    # Small-star reads each edge once at its larger end: 4's smaller neighbours 2 and 3 join 2.
+    assert edges(*small_star(np.array([4, 4, 3]), np.array([2, 3, 1]))) == {(3, 2), (4, 2), (3, 1)}
+
+
+def union_find_representatives(pairs: list[tuple[int, int]]) -> dict[int, int]:
+    """The reference: every node but a cluster's smallest -> that smallest, by plain union-find."""
+    parent: dict[int, int] = {}
+
+    def root(x: int) -> int:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in pairs:
+        ra, rb = root(a), root(b)
+        parent[max(ra, rb)] = min(ra, rb)
+    return {x: root(x) for x in parent if root(x) != x}
+
+
+SOURCES_OF_GRAPH = ("a", "b")
+
+
+def positions(count: int, rng: random.Random) -> list[int]:
+    """``count`` distinct positions over two sources and three parts each, in random order."""
+    where = rng.sample([(s, p, r) for s in range(2) for p in range(3) for r in range(count)], count)
+    return [int(pack(s, p, np.array([r]))[0]) for s, p, r in where]
+
+
+def graph(kind: str, seed: int) -> list[tuple[int, int]]:
+    rng = random.Random(seed)
+    if kind == "sorted chain":  # min-label propagation would need one round per link
+        nodes = sorted(positions(600, rng))
+        return list(zip(nodes, nodes[1:]))
+    if kind == "shuffled chain":
+        nodes = positions(600, rng)
+        return list(zip(nodes, nodes[1:]))
+    if kind == "star":  # the centre is not the smallest position
+        nodes = positions(800, rng)
+        return [(nodes[0], leaf) for leaf in nodes[1:]]
+    if kind == "many small components":
+        nodes = positions(2000, rng)
+        return [(rng.choice(nodes[i : i + 5]), rng.choice(nodes[i : i + 5])) for i in range(0, 2000, 5) for _ in range(3)]
+    assert kind == "one giant component"
+    nodes = positions(600, rng)
+    return [(nodes[i], rng.choice(nodes[:i])) for i in range(1, 600)] + [tuple(rng.sample(nodes, 2)) for _ in range(600)]
+
+
+def write_verified(pairs: list[tuple[int, int]], folder: Path) -> list:
+    """As the verify stage writes them: a < b, one file per part of a."""
+    by_part: dict[int, set[tuple[int, int]]] = {}
+    for x, y in pairs:
+        if x != y:
+            by_part.setdefault(min(x, y) >> ROW_BITS, set()).add((min(x, y), max(x, y)))
+    files = []
+    for part_key, part_pairs in sorted(by_part.items()):
+        a, b = map(list, zip(*sorted(part_pairs)))
+        path = folder / f"{part_key}.parquet"
+        pq.write_table(pa.table({"a": a, "b": b, "similarity": [1.0] * len(a)}, schema=VERIFIED_SCHEMA), path)
+        files.append(resolve(str(path)))
+    return files
+
+
+def clusters_written(root: Path) -> tuple[dict[int, int], dict[str, bytes]]:
+    files = {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.parquet"))}
+    rows = [r for p in sorted(root.rglob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    return {r["position"]: r["representative"] for r in rows}, files
+
+
+@pytest.mark.parametrize("kind", ["sorted chain", "shuffled chain", "star", "many small components", "one giant component"])
+def test_distributed_components_equal_union_find_for_any_partition_count(kind, tmp_path, ray_local):
+    pairs = graph(kind, seed=len(kind))
+    verified = write_verified(pairs, tmp_path)
+    expected = union_find_representatives(pairs)
+    written = {}
+    for partitions in (1, 3):
+        root = tmp_path / f"p{partitions}"
+        stats, memory = cluster(_Layout(str(root), "minhash", SOURCES_OF_GRAPH, 128), verified, partitions)
+        representatives, written[partitions] = clusters_written(root / "minhash-clusters")
+        assert representatives == expected
+        assert stats["duplicates"] == len(expected) and stats["clusters"] == len(set(expected.values()))
+        assert not (root / "minhash-clusters" / "_components").exists(), "the rounds' edge files are removed"
+        assert {m["phase"] for m in memory} >= {"scatter", "large-star", "labels", "write"}
+        assert all(m["peak_rss"] > 0 for m in memory)
+    assert written[1] == written[3], "cluster files do not depend on the partition count"
+    assert len(written[1]) > 1, "the clusters span several parts"
 
 
 def ingest(corpus, folder: Path) -> Path:
@@ -165,7 +261,8 @@ def test_reruns_are_deterministic_and_a_deleted_marker_redoes_only_its_stage(cor
     first_root, _ = default_run
     ingested = resolve(str(first_root / "ingest"))
     second_root = tmp_path / "again"
-    run_minhash_dedup(ingested, str(second_root))
+    # Another partition count for the clustering: the same bytes, and not a parameter of the stages.
+    run_dedup(ingested, str(second_root), "minhash", MinHashConfig(cluster_partitions=3))
     first, second = stage_files(first_root), stage_files(second_root)
     assert first.keys() == second.keys() and first == second
     assert (first_root / "minhash-audit" / "audit.parquet").read_bytes() == (second_root / "minhash-audit" / "audit.parquet").read_bytes()
@@ -188,6 +285,10 @@ def test_a_stale_stage_is_wiped_before_it_is_redone(corpus, default_run, tmp_pat
     shutil.copytree(default_run[0], root)
     leftover = root / "minhash-clusters" / "c4" / "part-00099.parquet"
     leftover.write_bytes(b"half-written by a killed run")
+    round_file = root / "minhash-clusters" / "_components" / "round-000" / "large-star" / "t00000.parquet"
+    round_file.parent.mkdir(parents=True)
+    round_file.write_bytes(b"a round a killed worker left behind")
     (root / "minhash-clusters" / "_SUCCESS").unlink()
     run_minhash_dedup(resolve(str(root / "ingest")), str(root))
-    assert not leftover.exists()
+    assert not leftover.exists() and not round_file.parent.exists()
+    assert stage_files(root) == stage_files(default_run[0])
