@@ -300,7 +300,7 @@ def publish(config: PretrainConfig, summary: dict[str, Any]) -> None:
 def pretrain(config: PretrainConfig = debug_run(), overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """`overrides` changes single fields of `config` at run time, e.g. {"steps": 100} or
     {"scaling": {"num_workers": 16}}."""
-    config = with_overrides(config, overrides)
+    config = with_overrides(config, overrides).with_absolute_paths()
     address = jobs_address(config)
     validate(config, address)
     summary = train_as_ray_job(config, address) if address else train_here(config)

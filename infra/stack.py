@@ -405,6 +405,8 @@ def _user_env(paths: StateDir, settings: Settings) -> dict[str, str]:
     return {
         "PREFECT_API_URL": settings.api_url,
         "RAY_ADDRESS": settings.ray_address,
+        # Ray's own variable for the Jobs API (`ray job submit`); the pretrain flow submits there.
+        "RAY_API_SERVER_ADDRESS": settings.dashboard_url,
         **_ray_client_env(paths),
         "LLAMALINE_DATA": settings.data_dir,
     }
@@ -413,7 +415,7 @@ def _user_env(paths: StateDir, settings: Settings) -> dict[str, str]:
 def _child_env(paths: StateDir, settings: Settings, **extra: str) -> dict[str, str]:
     # Inherited settings that would point a part elsewhere: another profile (PREFECT_HOME is ours),
     # a Cloud key, an explicit Ray token (it would win over our token file).
-    dropped = {"PREFECT_PROFILE", "PREFECT_API_KEY", "RAY_AUTH_TOKEN", "RAY_ADDRESS"}
+    dropped = {"PREFECT_PROFILE", "PREFECT_API_KEY", "RAY_AUTH_TOKEN", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"}
     env = {key: value for key, value in os.environ.items() if key not in dropped}
     env.update(PREFECT_HOME=str(paths.prefect_home), LLAMALINE_PROJECT_DIR=str(PROJECT_DIR))
     env.update(_user_env(paths, settings))

@@ -155,6 +155,17 @@ class PretrainConfig(Strict):
         self._check_memory()
         return self
 
+    def with_absolute_paths(self) -> PretrainConfig:
+        """Local paths made absolute here, so a Ray job started elsewhere reads the same folders."""
+
+        def absolute(path: str | None) -> str | None:
+            return path if path is None or "://" in path else str(Path(path).absolute())
+
+        return self.model_copy(update={
+            "data": absolute(self.data), "output": absolute(self.output), "tokenizer": absolute(self.tokenizer),
+            "validation": self.validation.model_copy(update={"data": absolute(self.validation.data)}),
+        })
+
     @property
     def total_steps(self) -> int:
         return self.steps if self.steps is not None else self.train_tokens // self.global_batch_tokens

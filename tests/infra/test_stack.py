@@ -9,6 +9,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -68,6 +69,29 @@ def _api(api_url: str, path: str, body: dict) -> list[dict]:
     return response.json()
 
 
+def _jobs(dashboard_port: int, auth: dict[str, str]) -> list[dict]:
+    return httpx.get(f"http://{LOOPBACK}:{dashboard_port}/api/jobs/", headers=auth, timeout=10).json()
+
+
+def _wait_for_running_job(dashboard_port: int, auth: dict[str, str], run_name: str, timeout: float = 180) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for job in _jobs(dashboard_port, auth):
+            if job["metadata"].get("run_name") == run_name and job["status"] == "RUNNING":
+                return job["submission_id"]
+        time.sleep(2)
+    raise AssertionError(f"no running Ray job for {run_name}: {_jobs(dashboard_port, auth)}")
+
+
+def _job_status_becomes(dashboard_port: int, auth: dict[str, str], job_id: str, status: str, timeout: float = 120) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if {j["submission_id"]: j["status"] for j in _jobs(dashboard_port, auth)}.get(job_id) == status:
+            return True
+        time.sleep(2)
+    return False
+
+
 @pytest.mark.stack
 def test_up_run_a_deployment_status_down(tmp_path):
     llamaline = str(BIN / "llamaline")
@@ -102,6 +126,37 @@ def test_up_run_a_deployment_status_down(tmp_path):
         assert {"ingest-c4", "shards-ingest", "shards-ingest-summary"} <= {a["key"] for a in artifacts}
         logs = _api(api_url, "/logs/filter", {"logs": {"flow_run_id": {"any_": run_ids}}})
         assert any(f"cluster at {LOOPBACK}:{ray_port}" in log["message"] for log in logs), "the run did not use the stack's Ray"
+
+        # The demo's pretraining ran as a Ray job on the stack's cluster (token auth included).
+        assert any("submitted Ray job llamaline-pretrain-" in log["message"] for log in logs)
+        auth = {"Authorization": f"Bearer {token}"}
+        jobs = httpx.get(f"http://{LOOPBACK}:{dashboard_port}/api/jobs/", headers=auth, timeout=10).json()
+        assert [(j["status"], j["metadata"]["run_name"]) for j in jobs] == [("SUCCEEDED", "demo")]
+
+        # pretrain/debug on the worker; pretrain/llama2-7b refused up front: no GPUs here.
+        debug = _run(prefect, "deployment", "run", "pretrain/debug", "--params",
+                     json.dumps({"overrides": {"steps": 8, "checkpoint": {"interval_steps": 4}}}), "--watch",
+                     env=_clean_env(PREFECT_API_URL=api_url))
+        assert debug.returncode == 0, debug.stdout + debug.stderr
+        assert (state_dir / "data" / "runs" / "debug" / "hf" / "model.safetensors").exists()
+        seven_b = _run(prefect, "deployment", "run", "pretrain/llama2-7b", "--watch",
+                       env=_clean_env(PREFECT_API_URL=api_url), timeout=120)
+        assert seven_b.returncode != 0
+        [refused] = _api(api_url, "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["FAILED"]}}}})
+        refusal = _api(api_url, "/logs/filter", {"logs": {"flow_run_id": {"any_": [refused["id"]]}}})
+        assert any("llama2-7b on 8 GPU workers needs 8 GPUs; the Ray cluster has 0" in log["message"]
+                   for log in refusal)
+
+        # Cancelling a pretraining run stops its Ray job: nothing is left running.
+        started_run = _run(prefect, "deployment", "run", "pretrain/debug", "--params",
+                           json.dumps({"overrides": {"run_name": "cancelled", "steps": 100000}}),
+                           env=_clean_env(PREFECT_API_URL=api_url))
+        assert started_run.returncode == 0, started_run.stdout + started_run.stderr
+        cancelled = _wait_for_running_job(dashboard_port, auth, "cancelled")
+        [long_run] = _api(api_url, "/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["RUNNING"]}}}})
+        cancel = _run(prefect, "flow-run", "cancel", long_run["id"], env=_clean_env(PREFECT_API_URL=api_url))
+        assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+        assert _job_status_becomes(dashboard_port, auth, cancelled, "STOPPED")
 
         # An ingest deployment against a path given at run time (the demo's raw C4 files).
         raw_c4 = state_dir / "data" / "demo" / "raw" / "c4"

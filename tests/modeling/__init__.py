@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 
 from modeling.configs import ModelConfig
 from modeling.llama import Llama
-from tasks.shards import MANIFEST, SUCCESS
-from tasks.tokens import shard_schema
+from tasks.tokens import write_rows_stage
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -69,25 +65,5 @@ def assert_equal_within(got: torch.Tensor, expected: torch.Tensor, tolerance: fl
 
 def write_token_stage(stage: Path, rows: np.ndarray, doc_starts: list[list[int]], vocab_size: int,
                       shards: int = 1, row_group_rows: int = 8) -> str:
-    """A finished token stage in tasks/tokens.py's layout, written directly (no Ray needed); the
-    rows are cut into `shards` shards of equal size."""
-    stage.mkdir(parents=True)
-    entries = []
-    for index, chunk in enumerate(np.array_split(np.arange(len(rows)), shards)):
-        shard = stage / f"shard-{index:05d}.parquet"
-        table = pa.table({
-            "tokens": pa.FixedSizeListArray.from_arrays(pa.array(rows[chunk].reshape(-1).astype(np.uint16)),
-                                                        rows.shape[1]),
-            "doc_starts": pa.array([doc_starts[i] for i in chunk], pa.list_(pa.int32())),
-            "source": pa.array(["synthetic"] * len(chunk)),
-            "part": pa.array([0] * len(chunk), pa.int32()),
-            "row_in_part": pa.array(chunk, pa.int32()),
-        }).cast(shard_schema(vocab_size, rows.shape[1] - 1))
-        pq.write_table(table, shard, row_group_size=row_group_rows)
-        groups = [min(row_group_rows, len(chunk) - start) for start in range(0, len(chunk), row_group_rows)]
-        entries.append({"path": str(shard), "rows": len(chunk), "row_groups": groups})
-    manifest = {"fingerprint": f"test-stage-{stage.name}", "row_tokens": rows.shape[1], "rows": len(rows),
-                "vocab_size": vocab_size, "shards": entries}
-    (stage / MANIFEST).write_text(json.dumps(manifest))
-    (stage / SUCCESS).write_text("{}")
-    return str(stage)
+    """A finished token stage of these rows, in small row groups so readers cross them often."""
+    return write_rows_stage(str(stage), rows.astype(np.uint16), doc_starts, vocab_size, shards, row_group_rows)

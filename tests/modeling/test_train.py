@@ -4,15 +4,11 @@ activation-checkpointing parity, DDP (gloo, 2 processes) parity, HF export."""
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 import socket
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.distributed as dist
@@ -23,8 +19,6 @@ from modeling.llama import Llama
 from modeling.optim import build_optimizer, cosine_schedule
 from modeling.parallelize import apply_activation_checkpointing, apply_data_parallel, checkpointed_layers
 from modeling.train import TrainConfig, Trainer, checkpoint_steps
-from tasks.shards import MANIFEST, SUCCESS
-from tasks.tokens import shard_schema
 from tests.modeling import (  # noqa: F401 (fixture)
     assert_equal_within, one_thread, random_tokens, tiny_config, write_token_stage)
 
