@@ -508,7 +508,7 @@ def _run_prefect(paths: StateDir, settings: Settings, name: str, *args: str) -> 
 
 def _ensure_pool(paths: StateDir, settings: Settings, timeout: float) -> None:
     try:
-        response = httpx.get(f"{settings.api_url}/work_pools/{POOL}", timeout=5)
+        response = httpx.get(f"{settings.api_url}/work_pools/{POOL}", timeout=30)
     except httpx.HTTPError as error:
         raise StackError(f"reading work pool {POOL} failed: {error}", SERVER) from error
     if response.status_code == 200:
