@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from infra.cli import app
@@ -16,7 +17,7 @@ from tests.tasks.test_stage import make_spec, make_units
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["up"], ["status"], ["down"], ["demo"], ["shards"], ["ingest"], ["curate"], ["train-quality-model"], ["train-tokenizer"], ["tokenize"], ["mix"]])
+@pytest.mark.parametrize("command", [[], ["up"], ["status"], ["down"], ["demo"], ["shards"], ["ingest"], ["curate"], ["train-quality-model"], ["train-tokenizer"], ["tokenize"], ["mix"], ["pretrain"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -27,6 +28,23 @@ def test_bad_option_type_is_a_usage_error():
     result = runner.invoke(app, ["demo", "--seed", "many"])
     assert result.exit_code == 2
     assert "Error" in result.output and "--help" in result.output
+
+
+def test_pretrain_builds_its_config_from_a_preset_and_sets_and_refuses_a_bad_one(tmp_path):
+    shown = runner.invoke(app, ["pretrain", "--preset", "llama2-7b", "--set", "scaling.num_workers=16",
+                                "--set", "run_name=big", "--print-config"])
+    assert shown.exit_code == 0, shown.output
+    config = json.loads(shown.output)
+    assert (config["run_name"], config["scaling"]["num_workers"], config["scaling"]["use_gpu"]) == ("big", 16, True)
+    assert config["global_batch_tokens"] == 4194304 and config["parallelism"]["mixed_precision"] == "bf16"
+
+    from_file = tmp_path / "run.yaml"
+    from_file.write_text(yaml.safe_dump({**config, "scaling": {**config["scaling"], "num_workers": 1}}))
+    refused = runner.invoke(app, ["pretrain", "--config", str(from_file)])
+    assert refused.exit_code == 2
+    assert "need at least 2 GPUs of 80 GiB" in " ".join(refused.output.split())
+    assert runner.invoke(app, ["pretrain", "--set", "steps"]).exit_code == 2
+    assert runner.invoke(app, ["pretrain", "--preset", "gpt-5"]).exit_code == 2
 
 
 def llamaline(*args: str) -> subprocess.CompletedProcess:
