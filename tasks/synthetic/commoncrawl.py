@@ -10,6 +10,12 @@ payload, and WARC/1.1 and WARC/0.18 records. The WET file holds conversion recor
 one not UTF-8. :func:`expected_records` gives, for the same seed, what each document record must
 become, in file order.
 
+So that curation has something to judge, every page's paragraphs are its own (line dedup keeps
+them), and after the fixed set come ``english_pages`` English pages in three styles
+(:mod:`tasks.synthetic.english`): encyclopedic (written like the synthetic Wikipedia, so its
+quality model scores them well), web (a travel blog) and spam (keyword stuffing, the quality
+filter's tail). Each page's :attr:`ExpectedRecord.style` says which.
+
 Deterministic for a seed: the same call writes byte-identical files.
 """
 
@@ -22,12 +28,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from tasks.synthetic import english
+
 WARC_NAME = "CC-MAIN-20230601000000-20230601010000-00000.warc.gz"
 WET_NAME = "CC-MAIN-20230601000000-20230601010000-00000.warc.wet.gz"
 CRAWL = "CC-MAIN-2023-23"
 KEPT = "kept"
 BAD = "bad"
 EN = "https://en.example.org"
+ENCYCLOPEDIC, WEB, SPAM = "encyclopedic", "web", "spam"
+STYLES = (ENCYCLOPEDIC, WEB, SPAM)
 CHUNKED = "Transfer-Encoding: chunked\r\n"
 WARC_FIELDS = {"Content-Type": "application/warc-fields"}
 
@@ -108,6 +118,7 @@ class ExpectedRecord:
     language: str | None = None
     charset: str | None = None  # the Python codec the page must be decoded with
     charset_source: str | None = None  # bom, http, meta or detected
+    style: str | None = None  # of an English page's text: ENCYCLOPEDIC, WEB or SPAM
 
 
 @dataclass
@@ -121,11 +132,14 @@ class _Record:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def write_inputs(folder: str, seed: int = 0) -> list[str]:
-    """Write the WARC and the WET file into ``folder``; return their paths (WARC first)."""
+def write_inputs(folder: str, seed: int = 0, english_pages: int = 12) -> list[str]:
+    """Write the WARC and the WET file into ``folder``; return their paths (WARC first).
+
+    ``english_pages`` styled pages follow the fixed set (a third of each style): more for benchmarks.
+    """
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
-    warc_records, wet_records = _records(seed)
+    warc_records, wet_records = _records(seed, english_pages)
     paths = []
     for name, records in ((WARC_NAME, warc_records), (WET_NAME, wet_records)):
         rng = random.Random(f"{seed}:{name}")
@@ -136,22 +150,31 @@ def write_inputs(folder: str, seed: int = 0) -> list[str]:
     return paths
 
 
-def expected_records(seed: int = 0) -> dict[str, list[ExpectedRecord]]:
+def expected_records(seed: int = 0, english_pages: int = 12) -> dict[str, list[ExpectedRecord]]:
     """For each file name, what its response/conversion records must become, in file order."""
-    warc_records, wet_records = _records(seed)
+    warc_records, wet_records = _records(seed, english_pages)
     return {
         WARC_NAME: [r.expected for r in warc_records if r.expected is not None],
         WET_NAME: [r.expected for r in wet_records if r.expected is not None],
     }
 
 
-def _records(seed: int) -> tuple[list[_Record], list[_Record]]:
+def _records(seed: int, english_pages: int) -> tuple[list[_Record], list[_Record]]:
     rng = random.Random(seed)
-    return _warc_records(rng), _wet_records(rng)
+    return _warc_records(rng, english_pages), _wet_records(rng)
 
 
-def _paragraphs(rng: random.Random, language: str, count: int = 3) -> tuple[str, ...]:
-    return tuple(rng.sample(SENTENCES[language], count))
+def _paragraphs(rng: random.Random, language: str, count: int = 3, style: str = WEB) -> tuple[str, ...]:
+    """``count`` paragraphs, each a line of its own that other pages are unlikely to repeat."""
+    if language == "en":
+        return tuple(_english_paragraph(rng, style) for _ in range(count))
+    return tuple(" ".join(rng.sample(SENTENCES[language], rng.randint(2, 3))) for _ in range(count))
+
+
+def _english_paragraph(rng: random.Random, style: str) -> str:
+    if style == ENCYCLOPEDIC:
+        return english.encyclopedic_paragraph(rng, english.coined_name(rng))
+    return english.spam_paragraph(rng) if style == SPAM else english.web_paragraph(rng)
 
 
 def _html(title: str, paragraphs: tuple[str, ...], head: str = "") -> str:
@@ -186,12 +209,13 @@ def _page(
     source: str,
     head: str = "",
     prefix: bytes = b"",
+    style: str = WEB,
     **record: object,
 ) -> _Record:
     url = f"https://{language}.example.org/articles/{n}"
-    paragraphs = _paragraphs(rng, language)
+    paragraphs = _paragraphs(rng, language, style=style)
     body = prefix + _html(f"Article {n}", paragraphs, head).encode(encoding)
-    expected = ExpectedRecord(url, KEPT, paragraphs, language, charset, source)
+    expected = ExpectedRecord(url, KEPT, paragraphs, language, charset, source, style if language == "en" else None)
     return _Record("response", url, _http("200 OK", content_type, body), expected, **record)
 
 
@@ -205,7 +229,7 @@ def _chunked(data: bytes, size: int = 64) -> bytes:
     return b"".join(f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in chunks) + b"0\r\n\r\n"
 
 
-def _warc_records(rng: random.Random) -> list[_Record]:
+def _warc_records(rng: random.Random, english_pages: int) -> list[_Record]:
     en = _paragraphs(rng, "en")
     compressed_url = f"{EN}/articles/compressed"
     compressed = _chunked(gzip.compress(_html("Compressed", en).encode(), mtime=0))
@@ -239,7 +263,7 @@ def _warc_records(rng: random.Random) -> list[_Record]:
         _Record(
             "response", compressed_url,
             _http("200 OK", "text/html; charset=utf-8", compressed, "Content-Encoding: gzip\r\n" + CHUNKED),
-            ExpectedRecord(compressed_url, KEPT, en, "en", "utf-8", "http"), version="WARC/0.18",
+            ExpectedRecord(compressed_url, KEPT, en, "en", "utf-8", "http", WEB), version="WARC/0.18",
         ),
         _dropped("missing", "http_404", _http("404 Not Found", "text/html", _html("Not found", ("No such page.",)).encode())),
         _dropped("moved", "http_301", _http("301 Moved Permanently", "text/html", b"", f"Location: {EN}/articles/1\r\n")),
@@ -247,6 +271,10 @@ def _warc_records(rng: random.Random) -> list[_Record]:
         _dropped("empty", "empty", _http("200 OK", "text/html", b"")),
         _dropped("script-only", "no_text", _http("200 OK", "text/html", b"<html><body><script>var x;</script></body></html>")),
         _page(rng, 11, "en", "utf-8", "text/html; charset=utf-8", "utf-8", "http"),
+        *(
+            _page(rng, 12 + i, "en", "utf-8", "text/html; charset=utf-8", "utf-8", "http", style=STYLES[i % 3])
+            for i in range(english_pages)
+        ),
     ]
     records = []
     for page in pages:
@@ -262,7 +290,8 @@ def _wet_records(rng: random.Random) -> list[_Record]:
     for n, language in enumerate(("en", "de", "ru")):
         url = f"https://{language}.example.org/articles/{n}"
         text = "\n".join((f"Article {n}",) + _paragraphs(rng, language))
-        records.append(_Record("conversion", url, text.encode(), ExpectedRecord(url, KEPT, (text,), language)))
+        style = WEB if language == "en" else None
+        records.append(_Record("conversion", url, text.encode(), ExpectedRecord(url, KEPT, (text,), language, style=style)))
     blank, not_utf8 = f"{EN}/blank", "https://de.example.org/latin"
     records.append(_Record("conversion", blank, b"", ExpectedRecord(blank, "commoncrawl:empty")))
     records.append(_Record("conversion", not_utf8, "Grüße aus Köln".encode("latin-1"), ExpectedRecord(not_utf8, BAD)))

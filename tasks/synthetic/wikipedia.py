@@ -7,6 +7,10 @@ Beside the articles: a redirect, a text-only redirect of an old dump, a talk pag
 is all templates, a revision with deleted text, and two malformed pages (no text element, a non-
 numeric id). :func:`expected_pages` gives, for the same seed, what each page must become.
 
+Names and the phrases the checks look for are coined from syllables (no article shares one); the
+prose around them is English-like (:mod:`tasks.synthetic.english`), so articles pass language ID
+and train a quality model that finds encyclopedic text likely.
+
 Deterministic for a seed: the same call writes byte-identical files.
 """
 
@@ -18,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
+from tasks.synthetic.english import SYLLABLES, encyclopedic_paragraph
+
 DUMP_NAME = "enwiki-20220601-pages-articles-multistream.xml.bz2"
 PAGES_PER_STREAM = 100  # as in Wikimedia's multistream dumps
 DOCUMENT = "document"
 BAD = "bad"
-
-SYLLABLES = "ka lo mi nu pe ra si to va ze bri dan fel gor hul mor nes pil rut sam tev".split()
 
 HEADER = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.11/" version="0.11" xml:lang="en">
   <siteinfo>
@@ -90,9 +94,8 @@ def _phrase(rng: random.Random, words: int = 3) -> str:
     return " ".join(_word(rng) for _ in range(words))
 
 
-def _paragraph(rng: random.Random) -> str:
-    sentences = [_phrase(rng, rng.randint(6, 16)).capitalize() + "." for _ in range(rng.randint(3, 7))]
-    return " ".join(sentences)
+def _paragraph(rng: random.Random, subject: str | None = None) -> str:
+    return encyclopedic_paragraph(rng, subject or _phrase(rng, 2).title())
 
 
 def _page_xml(title: str, page_id: str, namespace: int, revision: str, redirect: str | None = None) -> str:
@@ -125,7 +128,7 @@ def _article(rng: random.Random, page_id: int, suffix: str) -> tuple[ExpectedPag
         "infobox", "ref", "cite", "comment", "file_caption", "image_caption", "table_header", "table_cell",
         "category", "interlanguage", "gallery", "math",
     )}
-    first, second, third = _paragraph(rng), _paragraph(rng), _paragraph(rng)
+    first, second, third, fourth = (_paragraph(rng, title) for _ in range(4))
     wikitext = f"""{{{{Infobox settlement|name={gone['infobox']}|population=1234}}}}
 '''{title}''' is a ''{keep['italic']}'' near [[{keep['link_target']}]] and [[Some target|{keep['link_text']}]]s.<ref>{gone['ref']} {{{{cite web|url=http://ref.example.org|title={gone['cite']}}}}}</ref> {first}<ref name="n1"/>
 <!-- {gone['comment']} -->
@@ -151,6 +154,8 @@ Example.jpg|{gone['gallery']}
 === {keep['subsection']} ===
 {third}
 
+{fourth}
+
 == References ==
 {{{{Reflist}}}}
 <references />
@@ -158,7 +163,7 @@ Example.jpg|{gone['gallery']}
 [[Category:{gone['category']}]]
 [[fr:{gone['interlanguage']}]]
 """
-    kept = (title, *keep.values(), first, second, third, "& more")
+    kept = (title, *keep.values(), first, second, third, fourth, "& more")
     markup = ("[[", "]]", "{{", "}}", "<ref", "'''", "''", "==", "{|", "|}", "<", "http://", "NOTOC")
     removed = (*gone.values(), "References", *markup)
     page_id_text = str(page_id)
