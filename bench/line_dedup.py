@@ -23,7 +23,8 @@ import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from tasks.curate.line_dedup import find_duplicates, hash_part, normalise_line, plan_line_dedup, run_line_dedup
+from tasks.curate.dedup_files import find_duplicates
+from tasks.curate.line_dedup import hash_part, normalise_line, plan_line_dedup, run_line_dedup
 from tasks.documents import Document, make_doc_id
 from tasks.stage import ShardUnit, StageSpec, run_shard, run_stage
 from tasks.storage import resolve

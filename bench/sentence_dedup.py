@@ -43,10 +43,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from tasks.curate.dedup_files import find_duplicates  # noqa: E402
 from tasks.curate.line_dedup import normalise_line  # noqa: E402
 from tasks.curate.sentence_dedup import (  # noqa: E402
     document_sentences,
-    find_duplicates,
     hash_part,
     plan_sentence_dedup,
     run_sentence_dedup,

@@ -20,15 +20,12 @@ layout. A document that lost sentences is then dropped when fewer than ``min_sen
 sentences or ``min_words`` words are left (datatrove's SentenceDedupFilter rule: a document
 dedup did not touch is not judged here).
 
-The passes and files mirror :mod:`tasks.curate.line_dedup` (read its docstring), with span
-hashes in place of line hashes::
+The three passes and their files are :mod:`tasks.curate.dedup_files` (read its docstring), with
+span hashes as the pieces and each source its own scope::
 
-    <stage>/_span_hashes/<source>/part-NNNNN.spans       pass 1: every span's hash, in document order
-    <stage>/_span_hashes/<source>/part-NNNNN.distinct    pass 1: distinct hashes by partition
-    <stage>/_span_hashes/<source>/part-NNNNN.json        pass 1 marker
-    <stage>/_span_duplicates/<source>/p-PPPPP.{dups,index,json}   pass 2: per partition, the
-                                                         hashes each part must drop entirely
-    <stage>/<source>/part-NNNNN.parquet                  pass 3: a normal stage (run_stage)
+    <stage>/_span_hashes/<source>/part-NNNNN.{spans,distinct,json}      pass 1
+    <stage>/_span_duplicates/<source>/p-PPPPP.{dups,index,json}         pass 2, per hash partition
+    <stage>/<source>/part-NNNNN.parquet                                 pass 3: a normal stage
 
 Pass 2's memory is one partition's share of the source's distinct span hashes; pass 3's is one
 part's. Every pass skips work its completion marker (with a fingerprint of its inputs, the
@@ -39,7 +36,6 @@ bytes.
 from __future__ import annotations
 
 import hashlib
-import math
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -47,28 +43,17 @@ from functools import cache, partial
 from importlib.metadata import version
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from sentencex import segment
 
-from tasks.curate.line_dedup import (
-    DEFAULT_INPUT_BYTES_PER_PARTITION,
-    HASH_DTYPE,
-    NORMALISATION_VERSION,
-    UNHASHED,
-    _fingerprint,
-    _marker_matches,
-    _read_u64,
-    _run_remote,
-    _write_u64,
-    normalise_line,
-)
-from tasks.documents import DOCUMENT_SCHEMA, BadRecord, Document
-from tasks.shards import part_name, read_part
-from tasks.stage import ShardUnit, StageSpec, load_manifest, run_stage, stage_is_complete, units_from_stage
+from tasks.curate import dedup_files
+from tasks.curate.dedup_files import DUPLICATES, REPEATED, SEEN_BEFORE, UNHASHED, DedupFiles, DedupPlan, PartHashJob
+from tasks.curate.line_dedup import NORMALISATION_VERSION, normalise_line
+from tasks.documents import BadRecord, Document
+from tasks.shards import read_part
+from tasks.stage import ShardUnit, StageSpec
 from tasks.steps import Drop, Step, StepStats
-from tasks.storage import Location, resolve, write_json_atomic
+from tasks.storage import Location, resolve
 
 # Bump when span hashing or the removal rule changes: every pass's fingerprint includes it.
 SPAN_VERSION = 1
@@ -187,29 +172,23 @@ class SpanParameters:
         return [NORMALISATION_VERSION, SPAN_VERSION, _splitter_version(), self.n_sentences, self.language]
 
 
+def span_files(stage_dir: str) -> DedupFiles:
+    # Each source is its own scope, so pass 2's markers name it as the source.
+    return DedupFiles(stage_dir, HASHES_DIR, DUPLICATES_DIR, pieces="spans", scope_key="source")
+
+
 @dataclass(frozen=True)
-class HashJob:
-    stage_dir: str
-    source: str
-    index: int
-    part_uri: str
-    part_sha256: str
-    partitions: int
+class HashJob(PartHashJob):
     spans: SpanParameters
 
-    def fingerprint(self) -> str:
-        return _fingerprint([*self.spans.fingerprint_payload(), self.part_sha256, self.partitions])
-
-
-def _hashes_location(stage_dir: str, source: str, index: int, suffix: str) -> Location:
-    return resolve(stage_dir).join(HASHES_DIR, source, f"{part_name(index)}.{suffix}")
+    def hashing_payload(self) -> list:
+        return self.spans.fingerprint_payload()
 
 
 def hash_part(job: HashJob) -> dict[str, Any]:
     """Pass 1: write the part's span hashes in document order and its distinct ones by partition."""
-    marker = _hashes_location(job.stage_dir, job.source, job.index, "json")
-    if _marker_matches(marker, job.fingerprint()):
-        return marker.read_json()
+    if job.is_done():
+        return job.marker().read_json()
     hashes = array("Q")
     docs = sentences = 0
     for doc in read_part(resolve(job.part_uri)):
@@ -217,86 +196,7 @@ def hash_part(job: HashJob) -> dict[str, Any]:
         flat = _flatten(document_sentences(doc.text, job.spans.language)[1])
         sentences += len(flat)
         hashes.extend(span_hashes(flat, job.spans.n_sentences))
-    per_span = np.frombuffer(hashes, dtype=np.uint64) if hashes else np.zeros(0, dtype=np.uint64)
-    distinct = np.unique(per_span[per_span != UNHASHED])  # sorted
-    partition_of = distinct % np.uint64(job.partitions)
-    by_partition = np.argsort(partition_of, kind="stable")  # stays sorted by hash inside a partition
-    counts = np.bincount(partition_of.astype(np.int64), minlength=job.partitions)
-    _write_u64(_hashes_location(job.stage_dir, job.source, job.index, "spans"), per_span)
-    _write_u64(_hashes_location(job.stage_dir, job.source, job.index, "distinct"), distinct[by_partition])
-    summary = {
-        "fingerprint": job.fingerprint(),
-        "source": job.source,
-        "index": job.index,
-        "docs": docs,
-        "sentences": sentences,
-        "spans": int(per_span.size),
-        "distinct": int(distinct.size),
-        "partition_offsets": [0, *np.cumsum(counts).tolist()],
-    }
-    write_json_atomic(marker, summary)
-    return summary
-
-
-# ---------------------------------------------- pass 2: per partition, who saw each hash first
-
-
-@dataclass(frozen=True)
-class PartitionJob:
-    stage_dir: str
-    source: str
-    partition: int
-    partitions: int
-    parts: tuple[tuple[int, str], ...]  # (part index, pass-1 fingerprint) in global order
-
-    def fingerprint(self) -> str:
-        return _fingerprint([SPAN_VERSION, self.partitions, [list(p) for p in self.parts]])
-
-
-def _duplicates_location(stage_dir: str, source: str, partition: int, suffix: str) -> Location:
-    return resolve(stage_dir).join(DUPLICATES_DIR, source, f"p-{partition:05d}.{suffix}")
-
-
-def find_duplicates(job: PartitionJob) -> dict[str, Any]:
-    """Pass 2: for one partition, list per part the span hashes an earlier part owns."""
-    marker = _duplicates_location(job.stage_dir, job.source, job.partition, "json")
-    if _marker_matches(marker, job.fingerprint()):
-        return marker.read_json()
-    slices: list[np.ndarray] = []
-    owners: list[np.ndarray] = []
-    for ordinal, (index, _) in enumerate(job.parts):
-        offsets = _hashes_location(job.stage_dir, job.source, index, "json").read_json()["partition_offsets"]
-        start, end = offsets[job.partition], offsets[job.partition + 1]
-        if end > start:
-            distinct = _hashes_location(job.stage_dir, job.source, index, "distinct")
-            slices.append(_read_u64(distinct, start, end - start))
-            owners.append(np.full(end - start, ordinal, dtype=np.uint32))
-    hashes = np.concatenate(slices) if slices else np.zeros(0, dtype=HASH_DTYPE)
-    ordinals = np.concatenate(owners) if owners else np.zeros(0, dtype=np.uint32)
-    # Parts were concatenated in global order and hashes are distinct inside a part, so after a
-    # stable sort by hash the first of each run of equal hashes is its owner; the rest repeat it.
-    order = np.argsort(hashes, kind="stable")
-    sorted_hashes = hashes[order]
-    repeats = np.zeros(sorted_hashes.size, dtype=bool)
-    repeats[1:] = sorted_hashes[1:] == sorted_hashes[:-1]
-    dup_hashes = sorted_hashes[repeats]
-    dup_ordinals = ordinals[order][repeats]
-    grouped = np.lexsort((dup_hashes, dup_ordinals))
-    counts = np.bincount(dup_ordinals.astype(np.int64), minlength=len(job.parts))
-    index = np.concatenate([[0], np.cumsum(counts)]).astype(HASH_DTYPE)
-    _write_u64(_duplicates_location(job.stage_dir, job.source, job.partition, "dups"), dup_hashes[grouped])
-    _write_u64(_duplicates_location(job.stage_dir, job.source, job.partition, "index"), index)
-    summary = {
-        "fingerprint": job.fingerprint(),
-        "source": job.source,
-        "partition": job.partition,
-        "parts": len(job.parts),
-        "hashes_in": int(hashes.size),
-        "owned": int(hashes.size - dup_hashes.size),
-        "duplicates": int(dup_hashes.size),
-    }
-    write_json_atomic(marker, summary)
-    return summary
+    return dedup_files.write_part_hashes(job, hashes, {"docs": docs, "sentences": sentences})
 
 
 # ------------------------------------------------------- pass 3: rewrite each part without them
@@ -310,64 +210,37 @@ class SentenceDedupReader:
     how many sentences and spans it had and why spans were duplicates.
     """
 
-    stage_dir: str
+    files: DedupFiles
     partitions: int
     spans: SpanParameters
-    ordinals: dict[tuple[str, int], int]  # (source, index) -> the part's place in its source's order
-
-    def owned_elsewhere(self, source: str, index: int) -> set[int]:
-        ordinal = self.ordinals[(source, index)]
-        dropped: set[int] = set()
-        for partition in range(self.partitions):
-            bounds = _read_u64(_duplicates_location(self.stage_dir, source, partition, "index"), ordinal, 2)
-            start, end = int(bounds[0]), int(bounds[1])
-            if end > start:
-                dups = _duplicates_location(self.stage_dir, source, partition, "dups")
-                dropped.update(_read_u64(dups, start, end - start).tolist())
-        return dropped
+    # (source, index) -> (scope: the source, ordinal of the part in the source's global order)
+    placement: dict[tuple[str, int], tuple[str, int]]
 
     def read(self, unit: ShardUnit) -> Iterator[Document | Drop | BadRecord]:
         if unit.input is None:
             raise ValueError(f"{unit.source} part {unit.index}: sentence dedup needs an input part")
-        spans_at = _hashes_location(self.stage_dir, unit.source, unit.index, "spans")
-        hashes = _read_u64(spans_at).tolist()
-        owned_elsewhere = self.owned_elsewhere(unit.source, unit.index)
-        seen_in_part: set[int] = set()
+        first = dedup_files.FirstOccurrences(self.files, self.partitions, self.placement, unit)
         n = self.spans.n_sentences
-        position = 0
         for row, doc in enumerate(read_part(resolve(unit.input.uri))):
             lines, sentences = document_sentences(doc.text, self.spans.language)
             sentence_count = sum(len(s) for s in sentences)
             spans = span_count(sentence_count, n)
-            doc_hashes = hashes[position : position + spans]
-            position += spans
-            if len(doc_hashes) != spans:
-                raise ValueError(f"{spans_at.uri}: fewer span hashes than spans at {unit.input.uri} row {row}")
-            removed: set[int] = set()
-            in_doc: set[int] = set()
-            seen_before = repeated = 0
-            for start, value in enumerate(doc_hashes):
-                if value == UNHASHED:
-                    continue
-                if value in in_doc:
-                    repeated += 1
-                else:
-                    in_doc.add(value)
-                    if value not in owned_elsewhere and value not in seen_in_part:
-                        continue
-                    seen_before += 1
-                removed.update(range(start, start + n))
-            seen_in_part |= in_doc
+            verdicts = first.judge(spans, row)
+            removed = {
+                sentence
+                for start, verdict in enumerate(verdicts)
+                if verdict in DUPLICATES
+                for sentence in range(start, start + n)
+            }
             if removed:
                 doc.text = reassemble(lines, sentences, removed)
             doc.columns[f"{COLUMN_PREFIX}sentences_in"] = sentence_count
             doc.columns[f"{COLUMN_PREFIX}sentences_removed"] = len(removed)
             doc.columns[f"{COLUMN_PREFIX}spans_in"] = spans
-            doc.columns[f"{COLUMN_PREFIX}spans_seen_before"] = seen_before
-            doc.columns[f"{COLUMN_PREFIX}spans_repeated"] = repeated
+            doc.columns[f"{COLUMN_PREFIX}spans_seen_before"] = verdicts.count(SEEN_BEFORE)
+            doc.columns[f"{COLUMN_PREFIX}spans_repeated"] = verdicts.count(REPEATED)
             yield doc
-        if position != len(hashes):
-            raise ValueError(f"{spans_at.uri}: {len(hashes)} span hashes but {position} spans in {unit.input.uri}")
+        first.check_all_judged()
 
 
 @dataclass
@@ -444,29 +317,6 @@ def _steps(min_sentences: int, min_words: int) -> list[Step]:
 # ----------------------------------------------------------------------------- the whole algorithm
 
 
-def _partitions_for(units: Sequence[ShardUnit], bytes_per_partition: int) -> int:
-    total = sum(u.input.size for u in units if u.input is not None)
-    return max(1, math.ceil(total / bytes_per_partition))
-
-
-def _output_columns(units: Sequence[ShardUnit]) -> pa.Schema:
-    """Typed columns earlier stages added (carried through), then this stage's counts."""
-    with resolve(units[0].input.uri).open_random_access() as f:
-        schema = pq.ParquetFile(f).schema_arrow
-    own = set(DOCUMENT_SCHEMA.names) | set(COUNT_COLUMNS.names)
-    return pa.schema([f for f in schema if f.name not in own] + list(COUNT_COLUMNS))
-
-
-@dataclass(frozen=True)
-class SentenceDedupPlan:
-    """The three passes' jobs and the pass-3 stage spec for one input stage."""
-
-    hash_jobs: list[HashJob]
-    partition_jobs: list[PartitionJob]
-    spec: StageSpec
-    units: list[ShardUnit]
-
-
 def plan_sentence_dedup(
     input_stage: Location,
     root: str,
@@ -477,34 +327,24 @@ def plan_sentence_dedup(
     language: str = "en",
     partitions: int | None = None,
     sources: Sequence[str] | None = None,
-    input_bytes_per_partition: int = DEFAULT_INPUT_BYTES_PER_PARTITION,
-) -> SentenceDedupPlan:
+    input_bytes_per_partition: int = dedup_files.DEFAULT_INPUT_BYTES_PER_PARTITION,
+) -> DedupPlan:
     if n_sentences < 1:
         raise ValueError(f"n_sentences must be >= 1, got {n_sentences}")
-    units = sorted(units_from_stage(input_stage, sources), key=lambda u: (u.source, u.index))
-    if not units:
-        raise ValueError(f"{input_stage.uri}: no parts to deduplicate (sources={sources})")
-    partitions = partitions or _partitions_for(units, input_bytes_per_partition)
-    if partitions < 1:
-        raise ValueError(f"partitions must be >= 1, got {partitions}")
-    stage_dir = resolve(root).join(stage_name)
+    units = dedup_files.units_to_deduplicate(input_stage, sources)
+    partitions = dedup_files.partition_count(units, partitions, input_bytes_per_partition)
+    files = span_files(resolve(root).join(stage_name).uri)
     spans = SpanParameters(n_sentences, language)
-    hash_jobs = [
-        HashJob(stage_dir.uri, u.source, u.index, u.input.uri, u.input.sha256, partitions, spans) for u in units
-    ]
-    by_source: dict[str, list[HashJob]] = {}
-    for job in hash_jobs:
-        by_source.setdefault(job.source, []).append(job)
-    ordinals = {(job.source, job.index): o for jobs in by_source.values() for o, job in enumerate(jobs)}
-    partition_jobs = [
-        PartitionJob(stage_dir.uri, source, p, partitions, tuple((j.index, j.fingerprint()) for j in jobs))
-        for source, jobs in sorted(by_source.items())
-        for p in range(partitions)
-    ]
+    hash_jobs = [HashJob(files, u.source, u.index, u.input.uri, u.input.sha256, partitions, spans) for u in units]
+    scopes = dedup_files.by_scope(hash_jobs, lambda source: source)
+
+    def scope_fingerprint(jobs: list[PartHashJob]) -> str:
+        return dedup_files.fingerprint([SPAN_VERSION, partitions, [[j.index, j.fingerprint()] for j in jobs]])
+
     spec = StageSpec(
         root=root,
         name=stage_name,
-        reader=SentenceDedupReader(stage_dir.uri, partitions, spans, ordinals),
+        reader=SentenceDedupReader(files, partitions, spans, dedup_files.placement(scopes)),
         steps=partial(_steps, min_sentences, min_words),
         parameters={
             "n_sentences": n_sentences,
@@ -512,12 +352,12 @@ def plan_sentence_dedup(
             "min_words": min_words,
             "language": language,
             "partitions": partitions,
-            "span_hashing": _fingerprint(spans.fingerprint_payload()),
-            "inputs": _fingerprint([[j.source, j.index, j.part_sha256] for j in hash_jobs]),
+            "span_hashing": dedup_files.fingerprint(spans.fingerprint_payload()),
+            "inputs": dedup_files.inputs_fingerprint(hash_jobs),
         },
-        extra_columns=_output_columns(units),
+        extra_columns=dedup_files.output_columns(units, COUNT_COLUMNS),
     )
-    return SentenceDedupPlan(hash_jobs, partition_jobs, spec, units)
+    return DedupPlan(hash_jobs, dedup_files.partition_jobs(files, scopes, partitions, scope_fingerprint), spec, units)
 
 
 def run_sentence_dedup(
@@ -530,7 +370,7 @@ def run_sentence_dedup(
     language: str = "en",
     partitions: int | None = None,
     sources: Sequence[str] | None = None,
-    input_bytes_per_partition: int = DEFAULT_INPUT_BYTES_PER_PARTITION,
+    input_bytes_per_partition: int = dedup_files.DEFAULT_INPUT_BYTES_PER_PARTITION,
 ) -> dict[str, Any]:
     """Deduplicate the sentence spans of a finished stage's parts into ``stage_name``; return its manifest.
 
@@ -543,23 +383,9 @@ def run_sentence_dedup(
         input_stage, root, stage_name, n_sentences, min_sentences, min_words, language, partitions, sources,
         input_bytes_per_partition,
     )
-    sources_run = sorted({u.source for u in plan.units})
-    if not stage_is_complete(plan.spec, sources_run):
-        hashed = _run_remote(hash_part, plan.hash_jobs)
-        found = _run_remote(find_duplicates, plan.partition_jobs)
-        run_stage(plan.spec, plan.units)
-        _check_hash_counts(hashed, found)
-    manifest = load_manifest(plan.spec)
-    manifest["sentence_dedup"] = sentence_counts(manifest, sources_run)
+    manifest = dedup_files.run_plan(plan, hash_part, "sentence dedup")
+    manifest["sentence_dedup"] = sentence_counts(manifest, plan.sources)
     return manifest
-
-
-def _check_hash_counts(hashed: list[dict], found: list[dict]) -> None:
-    distinct = sum(h["distinct"] for h in hashed)
-    owned = sum(f["owned"] for f in found)
-    duplicates = sum(f["duplicates"] for f in found)
-    if owned + duplicates != distinct:
-        raise RuntimeError(f"sentence dedup: {owned} owned + {duplicates} duplicate hashes != {distinct} distinct")
 
 
 def sentence_counts(manifest: dict[str, Any], sources: Sequence[str]) -> dict[str, Any]:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+from tasks.curate.dedup_files import UNHASHED
 from tasks.curate.line_dedup import (
     DUPLICATES_DIR,
     HASHES_DIR,
-    UNHASHED,
     line_hash,
     normalise_line,
     run_line_dedup,
