@@ -3,8 +3,8 @@
 For each source with a reader, writes small synthetic inputs with known faults (broken records,
 boilerplate, legacy encodings), ingests them with the `ingest` flow on Ray, trains the quality
 models and curates with the LLaMA 1 recipe, validates both stages with the `shards` flow, then
-trains a (toy-sized) tokenizer, mixes the sources (`tasks/mixtures/demo.yaml`) and packs the
-mixture into shuffled training rows.
+trains a (toy-sized) tokenizer, mixes the sources (`tasks/mixtures/demo.yaml`), packs the
+mixture into shuffled training rows and pretrains the debug-size model on them with Ray Train.
 """
 
 from __future__ import annotations
@@ -18,11 +18,13 @@ from pydantic import BaseModel, Field, field_validator
 from flows.curate import CurateConfig, curate
 from flows.ingest import IngestConfig, ingest
 from flows.mix import MixConfig, mix
+from flows.pretrain import pretrain
 from flows.quality import TrainQualityConfig, train_quality_model
 from flows.shards import ShardsConfig, shards
 from flows.tokenizer import TrainTokenizerConfig, train_tokenizer_flow
 from flows.tokens import TokenizeConfig, tokenize
 from infra.settings import default_data_root
+from modeling.pretrain import debug_run
 from tasks.sources import available_sources
 from tasks.storage import resolve
 
@@ -67,7 +69,11 @@ def demo(config: DemoConfig = DemoConfig()) -> dict[str, Any]:
     ))
     mix(MixConfig(input=root.join("curated").uri, tokenizer=f"{tokenizer}/tokenizer.model", output=root.uri,
                   mixture="demo"))
-    tokenize(TokenizeConfig(input=root.join("mixed").uri, tokenizer=f"{tokenizer}/tokenizer.model",
-                            output=root.uri, seq_len=128, seed=config.seed, rows_per_shard=256))
-    print(f"demo: {sum(s['kept'] for s in report['by_source'].values())} curated documents in {report['stage_dir']}")
+    tokens = tokenize(TokenizeConfig(input=root.join("mixed").uri, tokenizer=f"{tokenizer}/tokenizer.model",
+                                     output=root.uri, seq_len=128, seed=config.seed, rows_per_shard=256))
+    held_out = {"holdout_shards": 1, "interval_steps": 10, "rows": 16} if len(tokens["shards"]) > 1 else {}
+    trained = pretrain(debug_run(run_name="demo", data=root.join("tokens").uri, output=root.join("runs").uri,
+                                 tokenizer=f"{tokenizer}/tokenizer.model", seed=config.seed, validation=held_out))
+    print(f"demo: {sum(s['kept'] for s in report['by_source'].values())} curated documents in {report['stage_dir']}; "
+          f"debug model loss {trained['first_loss']:.3f} -> {trained['final_loss']:.3f} in {trained['run_dir']}")
     return report

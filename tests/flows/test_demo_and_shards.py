@@ -10,6 +10,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Fl
 
 from flows.demo import DemoConfig, demo
 from flows.shards import ShardsConfig, StageInvalid, shards
+from modeling.pretrain import read_metrics
 
 
 def _artifacts(keys, flow_run_id=None):
@@ -71,3 +72,13 @@ def test_shards_flow_on_a_folder_without_manifest(tmp_path, prefect_api, ray_loc
     assert state.is_failed()
     with pytest.raises(FileNotFoundError, match="no manifest"):
         state.result()
+
+
+def test_demo_pretrains_the_debug_model_on_its_tokens(demo_run):
+    _, _, root = demo_run
+    run_dir = root / "demo" / "runs" / "demo"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["steps"] == summary["total_steps"] == 40
+    losses = [e["loss"] for e in read_metrics(run_dir) if "event" not in e]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5  # the 32k logits learn the 400-token vocabulary
+    assert (run_dir / "hf" / "model.safetensors").exists() and (run_dir / "hf" / "tokenizer.model").exists()
