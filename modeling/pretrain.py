@@ -37,7 +37,8 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from infra.settings import default_data_root
 from modeling.configs import named_size
-from modeling.train import TrainConfig, checkpoint_steps, checkpoints_newest_first, read_token_manifest
+from modeling.train import TrainConfig, check_token_stage, checkpoint_steps, checkpoints_newest_first
 
 log = logging.getLogger("llamaline.pretrain")
 
@@ -63,6 +64,18 @@ TRAIN_CONFIG_FIELDS = {
     "mixed_precision": "parallelism.mixed_precision", "holdout_shards": "validation.holdout_shards",
     "validation_interval": "validation.interval_steps", "validation_rows": "validation.rows",
 }
+
+
+@contextmanager
+def _in_our_field_names() -> Iterator[None]:
+    """Re-raise the training loop's config errors with PretrainConfig's field names."""
+    try:
+        yield
+    except ValueError as error:
+        message = str(error)
+        for inner, outer in TRAIN_CONFIG_FIELDS.items():
+            message = message.replace(f"TrainConfig.{inner} ", f"{outer} ")
+        raise ValueError(message) from None
 
 
 class Strict(BaseModel):
@@ -145,13 +158,8 @@ class PretrainConfig(Strict):
         if self.train_tokens is not None and self.train_tokens < self.global_batch_tokens:
             raise ValueError(f"train_tokens ({self.train_tokens}) is less than one batch of "
                              f"global_batch_tokens ({self.global_batch_tokens})")
-        try:  # TrainConfig's own checks (warmup <= steps, seq_len fits, whole rows ...), in our field names
+        with _in_our_field_names():  # TrainConfig's own checks (warmup <= steps, seq_len fits, whole rows ...)
             self.train_config().accumulation_steps(self.scaling.num_workers)
-        except ValueError as error:
-            message = str(error)
-            for inner, outer in TRAIN_CONFIG_FIELDS.items():
-                message = message.replace(f"TrainConfig.{inner} ", f"{outer} ")
-            raise ValueError(message) from None
         self._check_memory()
         return self
 
@@ -208,22 +216,8 @@ class PretrainConfig(Strict):
 
     def check_data(self) -> dict[str, Any]:
         """The token stage exists, is complete and fits seq_len and the model; returns its manifest."""
-        manifest = read_token_manifest(self.data)
-        if manifest["row_tokens"] != self.seq_len + 1:
-            raise ValueError(f"{self.data}: rows hold {manifest['row_tokens']} tokens, so seq_len must be "
-                             f"{manifest['row_tokens'] - 1}, not {self.seq_len} (or re-tokenize with --seq-len "
-                             f"{self.seq_len})")
-        vocab = named_size(self.model).config.vocab_size
-        if manifest.get("vocab_size", 0) > vocab:
-            raise ValueError(f"{self.data}: a vocabulary of {manifest['vocab_size']} tokens does not fit {self.model}'s "
-                             f"{vocab}")
-        shards = len(manifest["shards"])
-        if self.validation.holdout_shards >= shards:
-            raise ValueError(f"{self.data}: validation.holdout_shards={self.validation.holdout_shards} leaves none of "
-                             f"its {shards} shards to train on")
-        if self.validation.data is not None:
-            read_token_manifest(self.validation.data)
-        return manifest
+        with _in_our_field_names():
+            return check_token_stage(self.train_config())
 
     def check_cluster(self, resources: Mapping[str, float]) -> None:
         """The cluster (total resources, as `ray.cluster_resources()`) can place every worker."""

@@ -261,26 +261,11 @@ class Trainer:
 
     def _check_stage(self) -> tuple[list[int] | None, list[int] | None]:
         """Check the token stage fits the config; return (training shards, validation shards)."""
-        config = self.config
-        manifest = read_token_manifest(config.data_dir)
-        if manifest["row_tokens"] != config.seq_len + 1:
-            raise ValueError(f"{config.data_dir}: rows of {manifest['row_tokens']} tokens do not fit "
-                             f"seq_len {config.seq_len} (rows must be seq_len + 1 tokens)")
-        if manifest.get("vocab_size", 0) > config.model_config.vocab_size:
-            raise ValueError(f"{config.data_dir}: vocabulary of {manifest['vocab_size']} tokens exceeds the "
-                             f"model's {config.model_config.vocab_size}")
-        shards = len(manifest["shards"])
-        if config.holdout_shards >= shards:
-            raise ValueError(f"{config.data_dir}: holdout_shards={config.holdout_shards} leaves none of its "
-                             f"{shards} shards to train on")
-        if config.validation_data is not None:
-            validation = read_token_manifest(config.validation_data)
-            if validation["row_tokens"] != manifest["row_tokens"]:
-                raise ValueError(f"{config.validation_data}: rows of {validation['row_tokens']} tokens, but the "
-                                 f"training rows have {manifest['row_tokens']}")
-        if not config.holdout_shards:
+        shards = len(check_token_stage(self.config)["shards"])
+        held_out = self.config.holdout_shards
+        if not held_out:
             return None, None
-        return list(range(shards - config.holdout_shards)), list(range(shards - config.holdout_shards, shards))
+        return list(range(shards - held_out)), list(range(shards - held_out, shards))
 
     def _open_reader(self, position: ReaderPosition | None) -> None:
         self.reader = TokenReader(self.config.data_dir, self.rank, self.world_size, self.config.seed,
@@ -489,6 +474,30 @@ def read_token_manifest(stage_dir: str) -> dict[str, Any]:
     if missing:
         raise FileNotFoundError(f"{stage_dir}: {len(missing)} of its {len(manifest['shards'])} shards are missing, "
                                 f"e.g. {missing[0]}; re-run the tokenize flow")
+    return manifest
+
+
+def check_token_stage(config: TrainConfig) -> dict[str, Any]:
+    """The token stage exists, is complete and fits the config (rows of seq_len + 1 tokens, the
+    model's vocabulary, a shard left to train on); returns its manifest."""
+    manifest = read_token_manifest(config.data_dir)
+    row_tokens = manifest["row_tokens"]
+    if row_tokens != config.seq_len + 1:
+        raise ValueError(f"{config.data_dir}: rows hold {row_tokens} tokens, so TrainConfig.seq_len must be "
+                         f"{row_tokens - 1}, not {config.seq_len} (or re-tokenize with seq_len {config.seq_len})")
+    vocab = config.model_config.vocab_size
+    if manifest.get("vocab_size", 0) > vocab:
+        raise ValueError(f"{config.data_dir}: a vocabulary of {manifest['vocab_size']} tokens does not fit the model's "
+                         f"{vocab}")
+    shards = len(manifest["shards"])
+    if config.holdout_shards >= shards:
+        raise ValueError(f"{config.data_dir}: TrainConfig.holdout_shards ({config.holdout_shards}) leaves none of its "
+                         f"{shards} shards to train on")
+    if config.validation_data is not None:
+        validation = read_token_manifest(config.validation_data)
+        if validation["row_tokens"] != row_tokens:
+            raise ValueError(f"{config.validation_data}: rows of {validation['row_tokens']} tokens, but the training "
+                             f"rows have {row_tokens}")
     return manifest
 
 

@@ -73,7 +73,7 @@ def test_the_data_must_exist_be_complete_and_fit(stage, tmp_path):
         config(str(tmp_path / "nowhere")).check_data()
     with pytest.raises(ValueError, match="rows hold 33 tokens, so seq_len must be 32, not 16"):
         config(stage, seq_len=16, global_batch_tokens=8 * 16).check_data()
-    with pytest.raises(ValueError, match="validation.holdout_shards=3 leaves none of its 3 shards"):
+    with pytest.raises(ValueError, match="validation.holdout_shards \\(3\\) leaves none of its 3 shards"):
         config(stage, validation={"holdout_shards": 3}).check_data()
     broken = write_token_stage(tmp_path / "broken", np.stack([np.arange(33)] * 16), [[0]] * 16, 32000, shards=2)
     (Path(broken) / "shard-00001.parquet").unlink()
