@@ -19,10 +19,10 @@ import argparse
 import random
 import tempfile
 import time
-import tracemalloc
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from measure import peak_mb, timed  # bench/measure.py
 from tasks.curate.dedup_files import find_duplicates
 from tasks.curate.line_dedup import hash_part, normalise_line, plan_line_dedup, run_line_dedup
 from tasks.documents import Document, make_doc_id
@@ -60,24 +60,6 @@ class SyntheticReader:
 def vocabulary(size: int = 20_000) -> tuple[str, ...]:
     rng = random.Random(VOCABULARY_SEED)
     return tuple("".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 10))) for _ in range(size))
-
-
-def timed(fn, jobs) -> float:
-    started = time.perf_counter()
-    for job in jobs:
-        fn(job)
-    return time.perf_counter() - started
-
-
-def peak_mb(fn, jobs) -> float:
-    """The largest peak of traced memory any one job reached (tracing slows it: not timed)."""
-    peak = 0
-    for job in jobs:
-        tracemalloc.start()
-        fn(job)
-        peak = max(peak, tracemalloc.get_traced_memory()[1])
-        tracemalloc.stop()
-    return peak / 1e6
 
 
 def bench_scale(tmp: str, scale: int, args, words: tuple[str, ...]) -> dict:

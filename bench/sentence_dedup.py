@@ -38,11 +38,11 @@ import sys
 import tempfile
 import textwrap
 import time
-import tracemalloc
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from measure import peak_mb, timed  # noqa: E402 (bench/measure.py)
 from tasks.curate.dedup_files import find_duplicates  # noqa: E402
 from tasks.curate.line_dedup import normalise_line  # noqa: E402
 from tasks.curate.sentence_dedup import (  # noqa: E402
@@ -151,24 +151,6 @@ class Corpus:
                     out.write(json.dumps(record) + "\n")
             paths.append(path)
         return paths
-
-
-def timed(fn, jobs) -> float:
-    started = time.perf_counter()
-    for job in jobs:
-        fn(job)
-    return time.perf_counter() - started
-
-
-def peak_mb(fn, jobs) -> float:
-    """The largest peak of traced memory any one job reached (tracing slows it: not timed)."""
-    peak = 0
-    for job in jobs:
-        tracemalloc.start()
-        fn(job)
-        peak = max(peak, tracemalloc.get_traced_memory()[1])
-        tracemalloc.stop()
-    return peak / 1e6
 
 
 def bare_loop_seconds(paths: list[Path]) -> float:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 import signal
@@ -27,9 +25,10 @@ from tasks.curate.sentence_dedup import (
     split_sentences,
 )
 from tasks.documents import Document, make_doc_id
-from tasks.shards import MANIFEST, SUCCESS, read_part
+from tasks.shards import SUCCESS, read_part
 from tasks.stage import ShardUnit, StageSpec, run_stage, units_from_stage
-from tasks.storage import TEMP_PREFIX, resolve
+from tasks.storage import resolve
+from tests.tasks.curate.test_crash_rerun import outputs
 
 REPO = Path(__file__).resolve().parents[3]
 MIN_SENTENCES, MIN_WORDS = 2, 8
@@ -296,23 +295,6 @@ DRIVER = textwrap.dedent(
 
 def dedup_for_crash(ingested: str, root: str) -> dict:
     return run_sentence_dedup(resolve(ingested), root, min_sentences=3, min_words=10, partitions=3)
-
-
-def outputs(root: Path) -> dict[str, str]:
-    """sha256 of every data file under the root and the manifest's parts less their wall times."""
-    found: dict[str, str] = {}
-    for path in sorted(root.rglob("*")):
-        if path.is_file() and path.name not in (SUCCESS, MANIFEST) and path.suffix != ".json":
-            assert not path.name.startswith(TEMP_PREFIX), f"half-written file left: {path}"
-            found[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
-    for manifest in sorted(root.rglob(MANIFEST)):
-        for part in json.loads(manifest.read_text())["parts"]:
-            part.pop("wall_seconds")
-            for stats in part["steps"].values():
-                stats.pop("seconds", None)
-            part["path"] = str(Path(part["path"]).relative_to(root))
-            found[f"{manifest.relative_to(root)}#{part['source']}/{part['index']}"] = json.dumps(part, sort_keys=True)
-    return found
 
 
 def kill_when(ingested: Path, root: Path, first_output: str) -> None:
