@@ -187,7 +187,7 @@ def main() -> None:
 
     import pyarrow.parquet as pq
 
-    from infra.ray_env import ensure_ray
+    from tasks.ray_runtime import ensure_ray
     from tasks.curate.minhash import MinHashConfig, run_dedup
     from tasks.sources.jsonl import JsonlReader
     from tasks.stage import InputFile, ShardUnit, StageSpec, run_stage

@@ -16,8 +16,6 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field, model_validator
 
-from infra.ray_env import ensure_ray
-from infra.settings import default_data_root
 from tasks.curate.quality import PERPLEXITY_SCHEMA
 from tasks.curate.recipe import (
     CurateRecipe,
@@ -28,6 +26,8 @@ from tasks.curate.recipe import (
     load_recipe,
 )
 from tasks.curate.report import publish_perplexity_histogram
+from tasks.ray_runtime import ensure_ray
+from tasks.settings import default_data_root
 from tasks.shards import MANIFEST
 from tasks.stage import PartReader, StageSpec, run_stage, units_from_stage
 from tasks.storage import Location, resolve

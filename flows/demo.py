@@ -23,8 +23,8 @@ from flows.quality import TrainQualityConfig, train_quality_model
 from flows.shards import ShardsConfig, shards
 from flows.tokenizer import TrainTokenizerConfig, train_tokenizer_flow
 from flows.tokens import TokenizeConfig, tokenize
-from infra.settings import default_data_root
 from modeling.pretrain import debug_run
+from tasks.settings import default_data_root
 from tasks.sources import available_sources
 from tasks.storage import resolve
 

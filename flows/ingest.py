@@ -13,8 +13,8 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 from pydantic import BaseModel, Field, model_validator
 
-from infra.ray_env import ensure_ray
-from infra.settings import default_data_root
+from tasks.ray_runtime import ensure_ray
+from tasks.settings import default_data_root
 from tasks.sources import SourceName, make_reader
 from tasks.stage import InputFile, StageSpec, plan_units, run_stage
 from tasks.storage import expand_inputs, resolve

@@ -13,7 +13,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field, model_validator
 
-from infra.settings import default_data_root
+from tasks.settings import default_data_root
 from tasks.storage import resolve
 
 

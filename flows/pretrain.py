@@ -62,7 +62,7 @@ def cluster_resources(address: str | None) -> dict[str, float]:
     if address is None:
         import ray
 
-        from infra.ray_env import ensure_ray
+        from tasks.ray_runtime import ensure_ray
 
         ensure_ray()
         return dict(ray.cluster_resources())

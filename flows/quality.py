@@ -13,8 +13,8 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field
 
-from infra.ray_env import ensure_ray
-from infra.settings import default_data_root
+from tasks.ray_runtime import ensure_ray
+from tasks.settings import default_data_root
 from tasks.storage import resolve
 
 

@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
-from infra.settings import default_data_root
+from tasks.settings import default_data_root
 from tasks.shards import MANIFEST
 from tasks.storage import resolve
 from tasks.validate import check_part, check_stage_level, stage_report
@@ -38,7 +38,7 @@ def load_manifest(stage_dir: str) -> dict[str, Any]:
 def check_parts(stage_dir: str, manifest: dict[str, Any]) -> dict[str, Any]:
     import ray
 
-    from infra.ray_env import ensure_ray
+    from tasks.ray_runtime import ensure_ray
 
     logger = get_run_logger()
     logger.info("checking %d parts on %s", len(manifest["parts"]), ensure_ray())

@@ -12,7 +12,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field
 
-from infra.settings import default_data_root
+from tasks.settings import default_data_root
 from tasks.stage import units_from_stage
 from tasks.storage import resolve
 

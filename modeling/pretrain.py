@@ -44,9 +44,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from infra.settings import default_data_root
 from modeling.configs import named_size
 from modeling.train import TrainConfig, check_token_stage, checkpoint_steps, checkpoints_newest_first
+from tasks.settings import default_data_root
 
 log = logging.getLogger("llamaline.pretrain")
 
@@ -479,7 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = PretrainConfig.model_validate_json(args.config)
 
-    from infra.ray_env import ensure_ray
+    from tasks.ray_runtime import ensure_ray
 
     log.info("Ray: %s", ensure_ray())
     summary = run_pretraining(config)

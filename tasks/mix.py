@@ -212,7 +212,7 @@ def plan_mixture(stage_dir: Location, tokenizer: Tokenizer, recipe: MixtureRecip
     """
     import ray
 
-    from infra.ray_env import ensure_ray
+    from tasks.ray_runtime import ensure_ray
 
     units = units_from_stage(stage_dir, sorted(recipe.sources))
     missing = sorted(set(recipe.sources) - {u.source for u in units})

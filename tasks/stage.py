@@ -316,7 +316,7 @@ def run_stage(
 
     import ray
 
-    from infra.ray_env import ensure_ray
+    from tasks.ray_runtime import ensure_ray
 
     ensure_ray()
     # No writer of this stage runs yet: any temporary file is the remains of a killed one.

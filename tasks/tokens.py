@@ -293,7 +293,7 @@ def tokenize_and_pack(
 
     import ray
 
-    from infra.ray_env import ensure_ray
+    from tasks.ray_runtime import ensure_ray
 
     ensure_ray()
     marker.delete()

@@ -349,7 +349,7 @@ class DedupPlan:
 def run_remote(function: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
     import ray
 
-    from infra.ray_env import ensure_ray
+    from tasks.ray_runtime import ensure_ray
 
     ensure_ray()
     # Retries cover a worker that died; each job's marker makes a retry skip finished work.

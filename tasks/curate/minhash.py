@@ -761,7 +761,7 @@ def run_dedup(
     layout = _Layout(root, stage_name, tuple(sorted({u.source for u in units})), config.num_perm)
     bands, _ = config.bands_rows
 
-    from infra.ray_env import ensure_ray
+    from tasks.ray_runtime import ensure_ray
 
     ensure_ray()
     inputs = [(u.source, u.index, u.input.sha256) for u in units]

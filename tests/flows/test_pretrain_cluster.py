@@ -19,7 +19,7 @@ import pytest
 import ray.util
 
 from flows.pretrain import pretrain
-from infra.stack import _free_port
+from tasks.ports import free_ports
 from tests.flows.test_pretrain import losses, run_config, token_stage  # noqa: F401 (fixture)
 
 RAY = Path(sys.executable).with_name("ray")
@@ -75,8 +75,10 @@ def two_node_cluster():
            "RAY_AUTH_MODE": "disabled", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", "RAY_DEDUP_LOGS": "0"}
     env.pop("RAY_ADDRESS", None)
     # Ray's default ports (10001, 52365, metrics) would collide with any other Ray here.
-    gcs, dashboard_port = _free_port(), _free_port()
-    head_env = {**env, "AUTOSCALER_METRIC_PORT": str(_free_port()), "DASHBOARD_METRIC_PORT": str(_free_port())}
+    (gcs, dashboard_port, autoscaler_metrics, dashboard_metrics, client, head_agent, head_metrics, worker_agent,
+     worker_metrics) = free_ports(9)
+    head_env = {**env, "AUTOSCALER_METRIC_PORT": str(autoscaler_metrics),
+                "DASHBOARD_METRIC_PORT": str(dashboard_metrics)}
     common = ["--block", "--disable-usage-stats", "--num-cpus", "1"]
     processes = []
     log_files = []
@@ -91,15 +93,15 @@ def two_node_cluster():
     dashboard = f"http://127.0.0.1:{dashboard_port}"
     try:
         start("head", ["--head", "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port",
-                       str(dashboard_port), "--ray-client-server-port", str(_free_port()),
-                       "--dashboard-agent-listen-port", str(_free_port()), "--metrics-export-port",
-                       str(_free_port())], head_env)
+                       str(dashboard_port), "--ray-client-server-port", str(client),
+                       "--dashboard-agent-listen-port", str(head_agent), "--metrics-export-port",
+                       str(head_metrics)], head_env)
         deadline = time.monotonic() + START_SECONDS
         while not _alive_nodes(dashboard):
             assert time.monotonic() < deadline, (root / "head.log").read_text()[-2000:]
             time.sleep(1)
         start("worker", ["--address", f"{ray.util.get_node_ip_address()}:{gcs}", "--dashboard-agent-listen-port",
-                         str(_free_port()), "--metrics-export-port", str(_free_port())], env)
+                         str(worker_agent), "--metrics-export-port", str(worker_metrics)], env)
         while len(_alive_nodes(dashboard)) < 2 or not _job_agents_ready(dashboard):
             assert time.monotonic() < deadline, (root / "worker.log").read_text()[-2000:]
             time.sleep(1)

@@ -6,7 +6,6 @@ default ports; this test never imports Ray, so a local Ray of the test session d
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,19 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tasks.ports import LOOPBACK, free_ports, port_open
+
 BIN = Path(sys.executable).parent
-LOOPBACK = "127.0.0.1"
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind((LOOPBACK, 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -55,12 +44,6 @@ def _processes_in_groups(groups: set[int]) -> list[int]:
         if fields[0] not in ("Z", "X") and int(fields[2]) in groups:
             found.append(int(stat.parent.name))
     return found
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(1)
-        return sock.connect_ex((LOOPBACK, port)) == 0
 
 
 def _api(api_url: str, path: str, body: dict) -> list[dict]:
@@ -98,7 +81,7 @@ def _job_status_becomes(dashboard_port: int, auth: dict[str, str], job_id: str, 
 def test_up_run_a_deployment_status_down(tmp_path):
     llamaline = str(BIN / "llamaline")
     state_dir = tmp_path / "state"
-    prefect_port, ray_port, dashboard_port = _free_ports(3)
+    prefect_port, ray_port, dashboard_port = free_ports(3)
     options = ["--state-dir", str(state_dir)]
     api_url = f"http://{LOOPBACK}:{prefect_port}/api"
     started: dict[str, dict] = {}
@@ -189,5 +172,5 @@ def test_up_run_a_deployment_status_down(tmp_path):
     assert down.returncode == 0, down.stdout + down.stderr
     assert not _processes_in_groups({record["pgid"] for record in started.values()})
     ports = [port for record in started.values() for port in record["ports"]]
-    assert ports and not [port for port in ports if _port_open(port)]
+    assert ports and not [port for port in ports if port_open(port)]
     assert _run(llamaline, "status", *options).returncode == 3

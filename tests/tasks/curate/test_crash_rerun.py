@@ -136,7 +136,7 @@ def test_per_document_stage_killed_mid_part_reruns_to_identical_outputs(ingested
 DRIVER = textwrap.dedent(
     """
     import sys
-    from infra.ray_env import ensure_ray
+    from tasks.ray_runtime import ensure_ray
     from tests.tasks.curate.test_crash_rerun import run_dedup
     ensure_ray()  # RAY_ADDRESS: the test session's Ray
     print("connected", flush=True)

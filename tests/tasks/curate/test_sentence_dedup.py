@@ -284,7 +284,7 @@ class SyntheticC4:
 DRIVER = textwrap.dedent(
     """
     import sys
-    from infra.ray_env import ensure_ray
+    from tasks.ray_runtime import ensure_ray
     from tests.tasks.curate.test_sentence_dedup import dedup_for_crash
     ensure_ray()  # RAY_ADDRESS: the test session's Ray
     print("connected", flush=True)

@@ -2,7 +2,7 @@ import socket
 
 import ray
 
-from infra.ray_env import _gcs_answers, ensure_ray
+from tasks.ray_runtime import _gcs_answers, ensure_ray
 
 
 def test_probe_tells_a_live_cluster_from_a_dead_address(ray_local):
