@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from infra import stack
+from infra.stack.commands import down, running_stack_env, status, up
 
 app = typer.Typer(
     name="llamaline",
@@ -22,9 +22,9 @@ app = typer.Typer(
 )
 console = Console()
 
-app.command()(stack.up)
-app.command()(stack.status)
-app.command()(stack.down)
+app.command()(up)
+app.command()(status)
+app.command()(down)
 
 
 # Without a server to talk to, flows start a temporary one; on a busy laptop its first start (a new
@@ -39,7 +39,7 @@ def use_running_stack() -> None:
     Variables the user set win; without a stack, flows use a temporary Prefect server and a
     private local Ray.
     """
-    env = stack.running_stack_env(Path(os.environ.get("LLAMALINE_STATE_DIR", ".llamaline")))
+    env = running_stack_env(Path(os.environ.get("LLAMALINE_STATE_DIR", ".llamaline")))
     if env is None:
         return
     for key, value in env.items():
