@@ -1,8 +1,22 @@
-"""Session-wide real services: one Prefect test harness and one local Ray for the whole run."""
+"""Session-wide real services: one Prefect test harness and one local Ray for the whole run.
+
+Every test that needs one of them (directly or through another fixture), or that starts the whole
+stack, is marked ``slow``: ``-m "not slow"`` is the quick tier, which starts neither.
+"""
 
 from __future__ import annotations
 
 import pytest
+
+# The session fixtures that start Ray or Prefect, and those built on them for every test directory.
+SERVICE_FIXTURES = {"ray_local", "prefect_api", "demo_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        # fixturenames is the closure: a fixture that asks for ray_local puts it here too.
+        if SERVICE_FIXTURES & set(item.fixturenames) or item.get_closest_marker("stack"):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Fl
 from flows.pretrain import pretrain
 from modeling.checkpoints import load_hf
 from modeling.pretrain import FAULT_ENV, debug_run, read_metrics, run_pretraining
-from tests.modeling import write_token_stage
+from tests.modeling.helpers import write_token_stage
 
 SEQ_LEN = 32
 

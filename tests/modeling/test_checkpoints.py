@@ -19,7 +19,7 @@ from modeling.checkpoints import (
     save_meta,
     to_hf_rope_layout,
 )
-from tests.modeling import assert_equal_within, one_thread, random_model, random_tokens, tiny_config  # noqa: F401 (fixture)
+from tests.modeling.helpers import assert_equal_within, random_model, random_tokens, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

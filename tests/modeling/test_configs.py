@@ -6,7 +6,6 @@ from torch import nn
 
 from modeling.configs import SIZES, ModelConfig, model_config, named_size
 from modeling.llama import Llama
-from tests.modeling import one_thread  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,7 +8,7 @@ from transformers import LlamaForCausalLM
 
 from modeling.checkpoints import load_hf, save_hf
 from modeling.llama import IGNORE_INDEX
-from tests.modeling import assert_equal_within, one_thread, random_model, random_tokens, tiny_config  # noqa: F401 (fixture)
+from tests.modeling.helpers import assert_equal_within, random_model, random_tokens, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

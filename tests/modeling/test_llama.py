@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from modeling.configs import ModelConfig
 from modeling.llama import IGNORE_INDEX, Llama, RMSNorm, apply_rope, rope_table
-from tests.modeling import assert_equal_within, one_thread, random_model, random_tokens, tiny_config  # noqa: F401 (fixture)
+from tests.modeling.helpers import assert_equal_within, random_model, random_tokens, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

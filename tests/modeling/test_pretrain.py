@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from modeling.pretrain import MetricsLog, debug_run, llama2_7b_run, read_metrics, with_overrides
-from tests.modeling import write_token_stage
+from tests.modeling.helpers import write_token_stage
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,8 +19,7 @@ from modeling.llama import Llama
 from modeling.optim import build_optimizer, cosine_schedule
 from modeling.parallelize import apply_activation_checkpointing, apply_data_parallel, checkpointed_layers
 from modeling.train import TrainConfig, Trainer, checkpoint_steps
-from tests.modeling import (  # noqa: F401 (fixture)
-    assert_equal_within, one_thread, random_tokens, tiny_config, write_token_stage)
+from tests.modeling.helpers import assert_equal_within, random_tokens, tiny_config, write_token_stage
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
