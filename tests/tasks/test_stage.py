@@ -26,6 +26,7 @@ from tasks.stage import (
 )
 from tasks.steps import Drop, MinLength, Step
 from tasks.validate import check_part, check_stage_level
+from tasks.version import code_version
 from tests.helpers import doc_line, write_jsonl_gz
 
 
@@ -93,7 +94,7 @@ def test_stage_manifest_and_validation(tmp_path, ray_local):
     assert totals["docs_in"] == totals["kept"] + totals["dropped_total"] + totals["quarantined"]
     run = manifest["runs"]["c4"]
     assert [i["sha256"] for i in run["inputs"]] == [InputFile.describe(i["uri"]).sha256 for i in run["inputs"]]
-    assert run["code_version"]["package"] == "0.1.0" and run["parameters"]["min_chars"] == 100
+    assert run["code_version"] == code_version() and run["parameters"]["min_chars"] == 100
     assert len(run["parameters"]["inputs_digest"]) == 64
     stage_dir = spec.stage_dir
     assert all(not p for c in [check_part(stage_dir.uri, p) for p in manifest["parts"]] for p in c.problems)

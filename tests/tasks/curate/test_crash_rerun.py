@@ -152,12 +152,13 @@ def run_dedup(kind: str, ingested: str, root: str) -> dict:
     return run_minhash_dedup(resolve(ingested), root, threshold=0.7, num_perm=64)
 
 
-def kill_when(kind: str, ingested: Path, root: Path, first_output: str) -> None:
-    """Run the dedup in a driver subprocess and SIGKILL it when ``first_output`` (a glob) matches."""
+def kill_when(driver_source: str, arguments: list[str], root: Path, first_output: str) -> None:
+    """Run ``driver_source`` (it prints "connected" once on the session's Ray, then writes below
+    ``root``) in a subprocess and SIGKILL it when ``first_output`` (a glob under ``root``) matches."""
     import ray
 
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, kind, str(ingested), str(root)], cwd=REPO, env=env,
+    driver = subprocess.Popen([sys.executable, "-c", driver_source, *arguments], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert driver.stdout.readline().strip() == "connected"
@@ -183,7 +184,7 @@ def test_dedup_killed_mid_run_reruns_to_identical_outputs(kind, first_output, fi
     assert clean["totals"]["kept"] < PARTS * DOCS_PER_PART  # it removed something: the comparison is not vacuous
 
     crashed = tmp_path / "crashed"
-    kill_when(kind, ingested, crashed, first_output)
+    kill_when(DRIVER, [kind, str(ingested), str(crashed)], crashed, first_output)
     assert not (crashed / final_stage / SUCCESS).exists(), "the kill came after the run had finished"
     rerun = run_dedup(kind, str(ingested), str(crashed))
     assert rerun["totals"] == clean["totals"]

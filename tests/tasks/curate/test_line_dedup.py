@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 
@@ -16,10 +13,11 @@ from tasks.curate.line_dedup import (
     normalise_line,
     run_line_dedup,
 )
-from tasks.documents import Document, make_doc_id
+from tasks.documents import make_doc_id
 from tasks.shards import read_part
 from tasks.stage import ShardUnit, StageSpec, run_stage, units_from_stage
 from tasks.storage import resolve
+from tests.helpers import InlineReader
 
 MIN_CHARS = 60
 
@@ -57,15 +55,6 @@ CORPUS: dict[tuple[str, int], tuple[str, ...]] = {
         "\n".join([COOKIES, body("a", 1), body("w", 1), body("w", 2)]),
     ),
 }
-
-
-@dataclass(frozen=True)
-class InlineReader:
-    corpus: dict[tuple[str, int], tuple[str, ...]]
-
-    def read(self, unit: ShardUnit) -> Iterator[Document]:
-        for row, text in enumerate(self.corpus[(unit.source, unit.index)]):
-            yield Document(make_doc_id(unit.source, f"{unit.index}-{row}"), unit.source, text, {"row": row})
 
 
 def ingest(root, corpus=CORPUS) -> StageSpec:

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import random
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +23,9 @@ from tasks.documents import Document, make_doc_id
 from tasks.shards import SUCCESS, read_part
 from tasks.stage import ShardUnit, StageSpec, run_stage, units_from_stage
 from tasks.storage import resolve
-from tests.tasks.curate.test_crash_rerun import outputs
+from tests.helpers import InlineReader
+from tests.tasks.curate.test_crash_rerun import kill_when, outputs
 
-REPO = Path(__file__).resolve().parents[3]
 MIN_SENTENCES, MIN_WORDS = 2, 8
 
 
@@ -82,15 +77,6 @@ CORPUS: dict[tuple[str, int], tuple[str, ...]] = {
         "\n".join([line(*NEWSLETTER), line(s("w", 1), s("w", 2))]),
     ),
 }
-
-
-@dataclass(frozen=True)
-class InlineReader:
-    corpus: dict[tuple[str, int], tuple[str, ...]]
-
-    def read(self, unit: ShardUnit) -> Iterator[Document]:
-        for row, text in enumerate(self.corpus[(unit.source, unit.index)]):
-            yield Document(make_doc_id(unit.source, f"{unit.index}-{row}"), unit.source, text, {"row": row})
 
 
 def ingest(root, corpus=CORPUS) -> Path:
@@ -297,23 +283,6 @@ def dedup_for_crash(ingested: str, root: str) -> dict:
     return run_sentence_dedup(resolve(ingested), root, min_sentences=3, min_words=10, partitions=3)
 
 
-def kill_when(ingested: Path, root: Path, first_output: str) -> None:
-    """Run the dedup in a driver subprocess and SIGKILL it when ``first_output`` (a glob) matches."""
-    import ray
-
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(ingested), str(root)], cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    try:
-        assert driver.stdout.readline().strip() == "connected"
-        while not any(root.glob(first_output)):
-            assert driver.poll() is None, "the driver ended before its first output"
-            time.sleep(0.005)
-    finally:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait()
-
-
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory, ray_local) -> Path:
     root = tmp_path_factory.mktemp("synthetic")
@@ -340,7 +309,7 @@ def clean_run(synthetic, tmp_path_factory) -> tuple[dict, dict[str, str]]:
 def test_killed_mid_run_reruns_to_identical_outputs(first_output, synthetic, clean_run, tmp_path):
     clean, clean_outputs = clean_run
     crashed = tmp_path / "crashed"
-    kill_when(synthetic, crashed, first_output)
+    kill_when(DRIVER, [str(synthetic), str(crashed)], crashed, first_output)
     assert not (crashed / "sentence_dedup" / SUCCESS).exists(), "the kill came after the run had finished"
     rerun = dedup_for_crash(str(synthetic), str(crashed))
     assert rerun["totals"] == clean["totals"] and rerun["sentence_dedup"] == clean["sentence_dedup"]

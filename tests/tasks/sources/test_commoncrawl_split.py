@@ -12,7 +12,7 @@ from tasks.sources.commoncrawl import CommonCrawlReader
 from tasks.stage import InputFile, ShardUnit, StageSpec, plan_units, run_shard
 from tasks.steps import Drop
 from tasks.synthetic.commoncrawl import CRAWL, WARC_NAME, WET_NAME, write_inputs
-from tests.tasks.sources import split_invariant
+from tests.helpers import split_invariant
 
 READER = CommonCrawlReader()
 

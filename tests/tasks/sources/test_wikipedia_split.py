@@ -12,7 +12,7 @@ from tasks.sources.wikipedia import WikipediaReader
 from tasks.stage import InputFile, ShardUnit, StageSpec, plan_units, run_shard
 from tasks.steps import Drop
 from tasks.synthetic.wikipedia import write_inputs
-from tests.tasks.sources import split_invariant
+from tests.helpers import split_invariant
 
 READER = WikipediaReader()
 COPIES = 17  # 204 pages: a header stream, three page streams, a footer stream
