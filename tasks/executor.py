@@ -135,7 +135,7 @@ def run_marked(
     """
     if is_complete(folder, fingerprints):
         return reuse()
-    unmark(folder, fingerprints)
+    unmark(folder, fingerprints.keys())
     # No writer of this stage runs yet: any temporary file is the remains of a killed one.
     remove_temporaries(folder)
     result = work()
@@ -204,7 +204,7 @@ def run_tasks(
     results: list[Any] = [None] * len(calls)
     pending = list(position)
     with Progress(console=Console(stderr=True), disable=not sys.stderr.isatty(), transient=True) as progress:
-        bar = progress.add_task(label or function.__name__, total=len(pending))
+        bar = progress.add_task(label or getattr(function, "__name__", "tasks"), total=len(pending))
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             result = ray.get(done[0])

@@ -170,7 +170,6 @@ KILLED_WRITER = textwrap.dedent(
     """
     import sys, time
     from tasks.documents import Document
-from tasks.executor import read_marker
     from tasks.shards import ShardWriter, part_location
     from tasks.storage import resolve
     target = part_location(resolve(sys.argv[1]), "c4", 0)
