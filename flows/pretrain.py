@@ -16,7 +16,6 @@ import json
 import os
 import shlex
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path

@@ -39,6 +39,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from modeling.tokenizer import Tokenizer
 from tasks.documents import REQUIRED_COLUMNS, BadRecord, Document
+from tasks.executor import run_tasks
 from tasks.shards import read_part
 from tasks.sources import SourceName
 from tasks.stage import ShardUnit, StageSpec, run_stage, units_from_stage
@@ -210,17 +211,13 @@ def plan_mixture(stage_dir: Location, tokenizer: Tokenizer, recipe: MixtureRecip
     Raises ValueError for a source missing from the stage or too small for its target at
     ``max_epochs``; nothing is written.
     """
-    import ray
-
-    from tasks.ray_runtime import ensure_ray
-
     units = units_from_stage(stage_dir, sorted(recipe.sources))
     missing = sorted(set(recipe.sources) - {u.source for u in units})
     if missing:
         raise ValueError(f"mixture {recipe.name}: no parts of {', '.join(missing)} in {stage_dir.uri}")
-    ensure_ray()
-    tokenizer_ref = ray.put(tokenizer)
-    counts: list[PartCount] = ray.get([ray.remote(count_part).remote(tokenizer_ref, recipe.seed, u) for u in units])
+    counts: list[PartCount] = run_tasks(
+        count_part, [(u,) for u in units], shared=(tokenizer, recipe.seed), label=f"mix {recipe.name}: counting tokens"
+    )
     available = {s: sum(c.tokens for c in counts if c.source == s) for s in recipe.sources}
     targets = _targets(recipe, available)
     _check_epochs(recipe, available, targets)
@@ -233,10 +230,10 @@ def plan_mixture(stage_dir: Location, tokenizer: Tokenizer, recipe: MixtureRecip
         if rest:
             histogram = np.sum([c.bucket_tokens for c in mine], axis=0)
             bucket, before = _crossing(histogram, rest)
-            pairs = ray.get([
-                ray.remote(keys_in_bucket).remote(tokenizer_ref, recipe.seed, u, bucket)
-                for u in units if u.source == source
-            ])
+            pairs = run_tasks(
+                keys_in_bucket, [(u, bucket) for u in units if u.source == source], shared=(tokenizer, recipe.seed),
+                label=f"mix {recipe.name}: {source} threshold",
+            )
             threshold, fraction_tokens = _resolve_threshold([p for part in pairs for p in part], bucket, before, rest)
         sources[source] = {
             "documents": sum(c.documents for c in mine),

@@ -6,7 +6,9 @@ Layout of a stage::
     <root>/<stage>/_receipts/<source>/part-NNNNN.json  per-part counts: the part's completion marker
     <root>/<stage>/_quarantine/<source>/part-NNNNN.jsonl  records that failed, with their error
     <root>/<stage>/_manifest.json                   parameters, inputs, counts, bytes, wall time
-    <root>/<stage>/_SUCCESS                         the stage's completion marker
+    <root>/<stage>/_SUCCESS                         the stage's completion marker: per source, the
+                                                    fingerprint of the run that finished it
+                                                    (tasks.executor.Marker)
 
 Every file is written through :func:`tasks.storage.atomic_output`. A part counts as done only when
 its receipt exists, and the receipt is written after the part and its quarantine file, so a crash
@@ -169,10 +171,6 @@ class PartReceipt:
             )
         if self.rows != self.kept:
             raise ValueError(f"{self.path}: {self.rows} rows written but {self.kept} documents kept")
-
-    @classmethod
-    def load(cls, location: Location) -> PartReceipt:
-        return cls(**location.read_json())
 
     def save(self, location: Location) -> None:
         self.check()

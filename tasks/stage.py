@@ -1,16 +1,15 @@
-"""Run a stage: read inputs, pass documents through steps, write parts, reconcile, mark done.
+"""Run a document stage: read inputs, pass documents through steps, write parts, reconcile.
 
 One *shard unit* is one input (a file, or a split of one) and becomes exactly one output part.
-Units run as Ray tasks; each is idempotent (its receipt is its completion marker), so a rerun
-skips finished parts and redoes the rest, and a finished stage is skipped whole.
+Units run as Ray tasks (:mod:`tasks.executor`); each is idempotent (its receipt is its completion
+marker), so a rerun skips finished parts and redoes the rest, and a finished stage is skipped
+whole. The stage's scopes are its sources: each run marks its own in ``_SUCCESS``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,15 +17,13 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 import pyarrow as pa
-from rich.console import Console
-from rich.progress import Progress
 
 from tasks.documents import BadRecord, Document
+from tasks.executor import finished_receipt, fingerprint, is_complete, run_marked, run_tasks
 from tasks.shards import (
     MANIFEST,
     QUARANTINE,
     RECEIPTS,
-    SUCCESS,
     PartReceipt,
     QuarantineWriter,
     ShardWriter,
@@ -36,7 +33,7 @@ from tasks.shards import (
     summarise,
 )
 from tasks.steps import Drop, Step, batched
-from tasks.storage import Location, remove_temporaries, resolve, sha256_of, write_json_atomic
+from tasks.storage import Location, resolve, sha256_of, write_json_atomic
 from tasks.version import code_version
 
 BATCH_SIZE = 256
@@ -113,18 +110,16 @@ class StageSpec:
 
     def fingerprint(self) -> str:
         """Changes when the parameters change: a finished stage is reused only for the same ones."""
-        payload = json.dumps({"stage": self.name, "parameters": self.parameters}, sort_keys=True, default=str)
-        return hashlib.sha256(payload.encode()).hexdigest()
+        return fingerprint({"stage": self.name, "parameters": self.parameters})
 
 
 def run_shard(spec: StageSpec, unit: ShardUnit) -> PartReceipt:
     """Process one unit into one part, unless its receipt says it is already done."""
     stage_dir = spec.stage_dir
     receipt_at = receipt_location(stage_dir, unit.source, unit.index)
-    if receipt_at.exists():
-        done = PartReceipt.load(receipt_at)
-        if done.fingerprint == spec.fingerprint():
-            return done
+    done = finished_receipt(receipt_at, spec.fingerprint())
+    if done is not None:
+        return PartReceipt(**done)
 
     started = time.perf_counter()
     target = part_location(stage_dir, unit.source, unit.index)
@@ -210,19 +205,10 @@ def _sources(units: Sequence[ShardUnit]) -> list[str]:
     return sorted({u.source for u in units})
 
 
-def _completed(spec: StageSpec) -> dict[str, str]:
-    """Source -> fingerprint of its finished run, from the stage's completion marker."""
-    marker = spec.stage_dir.join(SUCCESS)
-    return marker.read_json().get("fingerprints", {}) if marker.exists() else {}
-
-
 def stage_is_complete(spec: StageSpec, sources: Sequence[str]) -> bool:
-    done = _completed(spec)
-    return all(done.get(source) == spec.fingerprint() for source in sources)
-
-
-def _mark(spec: StageSpec, fingerprints: dict[str, str]) -> None:
-    write_json_atomic(spec.stage_dir.join(SUCCESS), {"fingerprints": dict(sorted(fingerprints.items()))})
+    """Whether every source is marked finished with the spec's fingerprint (a spec bound to its
+    units' inputs, :func:`bound_to_inputs`, as :func:`run_stage` marks it)."""
+    return is_complete(spec.stage_dir, {source: spec.fingerprint() for source in sources})
 
 
 def write_manifest(
@@ -232,6 +218,7 @@ def write_manifest(
 
     A stage holds several sources, often written by separate runs (one ingest run per source):
     each run replaces its own sources' parts and run record and leaves the others as they were.
+    The completion marker comes after, from :func:`run_stage` (:func:`tasks.executor.run_marked`).
     """
     sources = _sources(units)
     previous = spec.stage_dir.join(MANIFEST)
@@ -258,22 +245,13 @@ def write_manifest(
         "totals": summarise([PartReceipt(**p) for p in parts]),
     }
     write_json_atomic(previous, manifest)
-    _mark(spec, {source: run["fingerprint"] for source, run in runs.items()})
     return manifest
 
 
-def _forget(spec: StageSpec, units: Sequence[ShardUnit]) -> None:
-    """Before a run rewrites its sources: unmark them, and delete their parts this run will not write.
-
-    Unmarking first means a run that dies half-way never leaves a source marked finished over parts
-    that a different run changed.
-    """
-    sources = _sources(units)
-    done = _completed(spec)
-    if any(source in done for source in sources):
-        _mark(spec, {k: v for k, v in done.items() if k not in sources})
+def _remove_stale_parts(spec: StageSpec, units: Sequence[ShardUnit]) -> None:
+    """Before a run rewrites its sources: delete their parts (receipts, quarantine) it will not write."""
     keep = {(u.source, u.index) for u in units}
-    for source in sources:
+    for source in _sources(units):
         for folder, suffix in ((spec.stage_dir.join(source), ".parquet"),
                                (spec.stage_dir.join(RECEIPTS, source), ".json"),
                                (spec.stage_dir.join(QUARANTINE, source), ".jsonl")):
@@ -287,14 +265,13 @@ def load_manifest(spec: StageSpec) -> dict[str, Any]:
     return spec.stage_dir.join(MANIFEST).read_json()
 
 
-def _bound_to_inputs(spec: StageSpec, units: Sequence[ShardUnit]) -> StageSpec:
+def bound_to_inputs(spec: StageSpec, units: Sequence[ShardUnit]) -> StageSpec:
     """The spec with a digest of its units' inputs among its parameters (so in its fingerprint)."""
     described = [
         (u.source, u.index, u.input.uri if u.input else None, u.input.sha256 if u.input else None, u.byte_range)
         for u in units
     ]
-    digest = hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
-    return dataclasses.replace(spec, parameters={**spec.parameters, "inputs_digest": digest})
+    return dataclasses.replace(spec, parameters={**spec.parameters, "inputs_digest": fingerprint(described)})
 
 
 def run_stage(
@@ -307,38 +284,21 @@ def run_stage(
     A stage already completed with the same parameters and inputs returns its manifest without
     any work; changed inputs (an upstream stage redone differently) redo it.
     """
-    spec = _bound_to_inputs(spec, units)
-    if stage_is_complete(spec, _sources(units)):
-        return load_manifest(spec)
+    spec = bound_to_inputs(spec, units)
     indices = [(u.source, u.index) for u in units]
     if len(set(indices)) != len(indices):
         raise ValueError(f"stage {spec.name}: two units write the same part")
 
-    import ray
+    def run_parts() -> dict[str, Any]:
+        _remove_stale_parts(spec, units)
+        started = time.perf_counter()
+        receipts = run_tasks(
+            run_shard, [(unit,) for unit in units], shared=(spec,), label=f"{spec.name}: parts", on_result=on_part_done
+        )
+        return write_manifest(spec, units, receipts, time.perf_counter() - started)
 
-    from tasks.ray_runtime import ensure_ray
-
-    ensure_ray()
-    # No writer of this stage runs yet: any temporary file is the remains of a killed one.
-    remove_temporaries(spec.stage_dir)
-    _forget(spec, units)
-    started = time.perf_counter()
-    # Retries cover a worker that died; the unit's own receipt makes the retry skip finished work.
-    run_remote = ray.remote(run_shard).options(max_retries=2, retry_exceptions=[OSError])
-    spec_ref = ray.put(spec)
-    pending = [run_remote.remote(spec_ref, unit) for unit in units]
-    receipts: list[PartReceipt] = []
-    # A progress bar where a person watches (the CLI); workers and CI logs get the callback only.
-    with Progress(console=Console(stderr=True), disable=not sys.stderr.isatty(), transient=True) as progress:
-        bar = progress.add_task(f"{spec.name}: parts", total=len(pending))
-        while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            receipt = ray.get(done[0])
-            receipts.append(receipt)
-            progress.advance(bar)
-            if on_part_done is not None:
-                on_part_done(receipt)
-    return write_manifest(spec, units, receipts, time.perf_counter() - started)
+    sources = {source: spec.fingerprint() for source in _sources(units)}
+    return run_marked(spec.stage_dir, sources, run_parts, reuse=lambda: load_manifest(spec))
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ Layout of a token stage::
     <root>/<stage>/shard-NNNNN.parquet     rows: tokens, doc_starts, source, part, row_in_part
     <root>/<stage>/_packed/<source>/part-NNNNN.parquet|.json   per input part (removed when done)
     <root>/<stage>/_receipts/shard-NNNNN.json                 per output shard
-    <root>/<stage>/_manifest.json, _SUCCESS
+    <root>/<stage>/_manifest.json, _SUCCESS   (the stage is one scope: tasks.executor.WHOLE_STAGE)
 
 Packing (LLaMA/torchtitan style): every document becomes `<s> ids </s>`; the documents of one
 input part, in part order, are concatenated and cut into rows of `seq_len + 1` tokens (inputs are
@@ -35,10 +35,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from modeling.tokenizer import Tokenizer
+from tasks.executor import WHOLE_STAGE, finished_receipt, fingerprint, mark, run_marked, run_tasks
 from tasks.shards import COMPRESSION, MANIFEST, RECEIPTS, SUCCESS, part_name, read_part
 from tasks.stage import ShardUnit
 from tasks.steps import batched
-from tasks.storage import Location, atomic_output, remove_temporaries, resolve, sha256_of, write_json_atomic
+from tasks.storage import Location, atomic_output, resolve, sha256_of, write_json_atomic
 from tasks.version import code_version
 
 PACKED = "_packed"
@@ -126,10 +127,9 @@ def packed_location(stage_dir: Location, source: str, part: int, suffix: str) ->
 def pack_part(job: PackJob, unit: ShardUnit) -> dict[str, Any]:
     """Tokenize one document part and write its rows sorted by shuffle key; skip if done."""
     receipt_at = packed_location(job.stage_dir, unit.source, unit.index, ".json")
-    if receipt_at.exists():
-        done = receipt_at.read_json()
-        if done["fingerprint"] == job.fingerprint:
-            return done
+    done = finished_receipt(receipt_at, job.fingerprint)
+    if done is not None:
+        return done
     if unit.input is None:
         raise ValueError(f"{unit.source} part {unit.index}: tokenizing needs an input part")
     tokenizer = job.tokenizer
@@ -197,10 +197,9 @@ class ShardPlan:
 def write_shard(job: PackJob, plan: ShardPlan, schema: pa.Schema) -> dict[str, Any]:
     """Gather one key range from every part, sort it by key, write the shard; skip if done."""
     receipt_at = job.stage_dir.join(RECEIPTS, f"shard-{plan.index:05d}.json")
-    if receipt_at.exists():
-        done = receipt_at.read_json()
-        if done["fingerprint"] == job.fingerprint and done["shards"] == plan.shards:
-            return done
+    done = finished_receipt(receipt_at, job.fingerprint)
+    if done is not None and done["shards"] == plan.shards:
+        return done
     low, high = key_bounds(plan.index, plan.shards)
     pieces, ordinals = [], []
     for ordinal, (source, part, uri, groups) in enumerate(plan.reads):
@@ -286,56 +285,46 @@ def tokenize_and_pack(
         "inputs": [(u.source, u.index, u.input.uri if u.input else None, u.input.sha256 if u.input else None)
                    for u in units],
     }
-    fingerprint = hashlib.sha256(json.dumps(parameters, sort_keys=True).encode()).hexdigest()
-    marker = stage_dir.join(SUCCESS)
-    if marker.exists() and marker.read_json().get("fingerprint") == fingerprint:
-        return stage_dir.join(MANIFEST).read_json()
+    stage_fingerprint = fingerprint(parameters)
 
-    import ray
+    def pack_and_gather() -> dict[str, Any]:
+        job = PackJob(stage_dir.uri, tokenizer, seq_len, seed, stage_fingerprint)
+        packed = run_tasks(pack_part, [(unit,) for unit in units], shared=(job,), label=f"{stage_name}: packing parts")
+        total_rows = sum(r["rows"] for r in packed)
+        shards = max(1, math.ceil(total_rows / rows_per_shard))
+        for stale in stage_dir.list_files(".parquet"):
+            if int(stale.name.removeprefix("shard-").split(".")[0]) >= shards:
+                stale.delete()
+        schema = shard_schema(tokenizer.vocab_size, seq_len)
+        plans = plan_shards(packed, shards)
+        written = run_tasks(write_shard, [(plan, schema) for plan in plans], shared=(job,), label=f"{stage_name}: shards")
+        manifest = {
+            "stage": stage_name,
+            "stage_dir": stage_dir.uri,
+            "fingerprint": stage_fingerprint,
+            "code_version": code_version(),
+            "seq_len": seq_len,
+            "row_tokens": seq_len + 1,
+            "seed": seed,
+            "vocab_size": tokenizer.vocab_size,
+            "token_type": str(token_type(tokenizer.vocab_size)),
+            "bos_id": tokenizer.bos_id,
+            "eos_id": tokenizer.eos_id,
+            "tokenizer_sha256": parameters["tokenizer_sha256"],
+            "tail": "dropped: each part's last tokens that do not fill a row",
+            "rows": total_rows,
+            "tokens": total_rows * (seq_len + 1),
+            "sources": _per_source(packed),
+            "inputs": [{k: r[k] for k in ("source", "part", "input", "documents", "tokens", "rows", "tokens_dropped")}
+                       for r in packed],
+            "shards": [{k: s[k] for k in ("path", "rows", "row_groups", "bytes", "sha256")} for s in written],
+        }
+        write_json_atomic(stage_dir.join(MANIFEST), manifest)
+        return manifest
 
-    from tasks.ray_runtime import ensure_ray
-
-    ensure_ray()
-    marker.delete()
-    remove_temporaries(stage_dir)
-    job = PackJob(stage_dir.uri, tokenizer, seq_len, seed, fingerprint)
-    job_ref = ray.put(job)
-    pack_remote = ray.remote(pack_part).options(max_retries=2, retry_exceptions=[OSError])
-    packed = ray.get([pack_remote.remote(job_ref, unit) for unit in units])
-
-    total_rows = sum(r["rows"] for r in packed)
-    shards = max(1, math.ceil(total_rows / rows_per_shard))
-    for stale in stage_dir.list_files(".parquet"):
-        if int(stale.name.removeprefix("shard-").split(".")[0]) >= shards:
-            stale.delete()
-    schema = shard_schema(tokenizer.vocab_size, seq_len)
-    shard_remote = ray.remote(write_shard).options(max_retries=2, retry_exceptions=[OSError])
-    written = ray.get([shard_remote.remote(job_ref, plan, schema) for plan in plan_shards(packed, shards)])
-
-    manifest = {
-        "stage": stage_name,
-        "stage_dir": stage_dir.uri,
-        "fingerprint": fingerprint,
-        "code_version": code_version(),
-        "seq_len": seq_len,
-        "row_tokens": seq_len + 1,
-        "seed": seed,
-        "vocab_size": tokenizer.vocab_size,
-        "token_type": str(token_type(tokenizer.vocab_size)),
-        "bos_id": tokenizer.bos_id,
-        "eos_id": tokenizer.eos_id,
-        "tokenizer_sha256": parameters["tokenizer_sha256"],
-        "tail": "dropped: each part's last tokens that do not fill a row",
-        "rows": total_rows,
-        "tokens": total_rows * (seq_len + 1),
-        "sources": _per_source(packed),
-        "inputs": [{k: r[k] for k in ("source", "part", "input", "documents", "tokens", "rows", "tokens_dropped")}
-                   for r in packed],
-        "shards": [{k: s[k] for k in ("path", "rows", "row_groups", "bytes", "sha256")} for s in written],
-    }
-    write_json_atomic(stage_dir.join(MANIFEST), manifest)
-    write_json_atomic(marker, {"fingerprint": fingerprint})
-    stage_dir.join(PACKED).delete()
+    manifest = run_marked(stage_dir, {WHOLE_STAGE: stage_fingerprint}, pack_and_gather,
+                          reuse=lambda: stage_dir.join(MANIFEST).read_json())
+    stage_dir.join(PACKED).delete()  # the packed parts serve no one once the stage is marked
     return manifest
 
 
@@ -505,5 +494,5 @@ def write_rows_stage(stage_dir: str, rows: np.ndarray, doc_starts: Sequence[Sequ
                 "row_tokens": seq_len + 1, "rows": len(rows), "tokens": int(rows.size), "vocab_size": vocab_size,
                 "shards": entries}
     write_json_atomic(stage.join(MANIFEST), manifest)
-    write_json_atomic(stage.join(SUCCESS), {"fingerprint": manifest["fingerprint"]})
+    mark(stage, {WHOLE_STAGE: manifest["fingerprint"]})
     return stage.uri

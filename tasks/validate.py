@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.documents import DOCUMENT_SCHEMA
+from tasks.executor import read_marker
 from tasks.shards import MANIFEST, SUCCESS, PartReceipt, quarantine_location, summarise
 from tasks.storage import Location, resolve, sha256_of
 
@@ -104,7 +105,7 @@ def check_stage_level(stage_dir: Location, manifest: dict[str, Any]) -> list[str
     if not marker.exists():
         problems.append(f"{marker.uri}: completion marker missing: the stage did not finish")
     else:
-        marked = marker.read_json().get("fingerprints", {})
+        marked = read_marker(stage_dir).fingerprints
         for source, run in manifest["runs"].items():
             if marked.get(source) != run["fingerprint"]:
                 problems.append(f"{marker.uri}: source {source!r} is not marked finished by the run in {MANIFEST}")

@@ -33,8 +33,6 @@ rewrites a document from them (its reader and steps). Everything else is here.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from abc import ABC, abstractmethod
 from array import array
@@ -47,22 +45,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tasks.documents import DOCUMENT_SCHEMA
+from tasks.executor import finished_receipt, fingerprint, run_tasks
 from tasks.shards import part_name
-from tasks.stage import ShardUnit, StageSpec, load_manifest, run_stage, stage_is_complete, units_from_stage
+from tasks.stage import (
+    ShardUnit,
+    StageSpec,
+    bound_to_inputs,
+    load_manifest,
+    run_stage,
+    stage_is_complete,
+    units_from_stage,
+)
 from tasks.storage import Location, atomic_output, resolve, write_json_atomic
 
 HASH_DTYPE = np.dtype("<u8")
 # The hash of a piece that normalises to nothing; a real hash of 0 (p = 2**-64) is moved to 1.
 UNHASHED = 0
 DEFAULT_INPUT_BYTES_PER_PARTITION = 256 << 20
-
-
-def fingerprint(payload: Any) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def marker_matches(marker: Location, expected: str) -> bool:
-    return marker.exists() and marker.read_json().get("fingerprint") == expected
 
 
 def read_u64(location: Location, start: int = 0, count: int | None = None) -> np.ndarray:
@@ -123,7 +122,7 @@ class PartHashJob(ABC):
         return self.files.part_file(self.source, self.index, "json")
 
     def is_done(self) -> bool:
-        return marker_matches(self.marker(), self.fingerprint())
+        return finished_receipt(self.marker(), self.fingerprint()) is not None
 
 
 def write_part_hashes(job: PartHashJob, hashes: array, counts: dict[str, int]) -> dict[str, Any]:
@@ -167,8 +166,9 @@ def find_duplicates(job: PartitionJob) -> dict[str, Any]:
     """Pass 2: for one partition, list per part the hashes an earlier part of the scope owns."""
     files = job.files
     marker = files.partition_file(job.scope, job.partition, "json")
-    if marker_matches(marker, job.fingerprint):
-        return marker.read_json()
+    done = finished_receipt(marker, job.fingerprint)
+    if done is not None:
+        return done
     slices: list[np.ndarray] = []
     owners: list[np.ndarray] = []
     for ordinal, (source, index) in enumerate(job.parts):
@@ -346,22 +346,11 @@ class DedupPlan:
         return sorted({u.source for u in self.units})
 
 
-def run_remote(function: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
-    import ray
-
-    from tasks.ray_runtime import ensure_ray
-
-    ensure_ray()
-    # Retries cover a worker that died; each job's marker makes a retry skip finished work.
-    remote = ray.remote(function).options(max_retries=2, retry_exceptions=[OSError])
-    return ray.get([remote.remote(job) for job in jobs])
-
-
 def run_plan(plan: DedupPlan, hash_part: Callable[[Any], dict[str, Any]], stage_label: str) -> dict[str, Any]:
     """Run the passes unless the stage is complete for the plan's sources; return its manifest."""
-    if not stage_is_complete(plan.spec, plan.sources):
-        hashed = run_remote(hash_part, plan.hash_jobs)
-        found = run_remote(find_duplicates, plan.partition_jobs)
+    if not stage_is_complete(bound_to_inputs(plan.spec, plan.units), plan.sources):
+        hashed = run_tasks(hash_part, [(job,) for job in plan.hash_jobs], label=f"{stage_label}: hashing parts")
+        found = run_tasks(find_duplicates, [(job,) for job in plan.partition_jobs], label=f"{stage_label}: partitions")
         run_stage(plan.spec, plan.units)
         check_hash_counts(stage_label, hashed, found)
     return load_manifest(plan.spec)

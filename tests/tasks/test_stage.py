@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tasks.documents import Document
+from tasks.executor import read_marker
 from tasks.shards import PartReceipt, part_location, quarantine_location, receipt_location
 from tasks.sources.jsonl import JsonlReader
 from tasks.stage import (
@@ -148,6 +149,7 @@ def test_sources_written_by_separate_runs_share_the_stage(tmp_path, ray_local):
     assert both["totals"]["by_source"]["c4"]["docs_in"] == 90
     stage_dir = make_spec(tmp_path / "out").stage_dir
     assert check_stage_level(stage_dir, both) == []
+    assert read_marker(stage_dir).fingerprints == {s: run["fingerprint"] for s, run in both["runs"].items()}
 
     # Rerun c4 with fewer inputs and other parameters: its stale third part goes, books stay.
     fewer = run_stage(make_spec(tmp_path / "out", min_chars=10), c4_units[:2])
@@ -155,6 +157,7 @@ def test_sources_written_by_separate_runs_share_the_stage(tmp_path, ray_local):
     assert not part_location(stage_dir, "c4", 2).exists() and not receipt_location(stage_dir, "c4", 2).exists()
     assert fewer["runs"]["books"] == both["runs"]["books"]
     assert check_stage_level(stage_dir, fewer) == []
+    assert read_marker(stage_dir).fingerprints == {s: run["fingerprint"] for s, run in fewer["runs"].items()}
 
 
 def test_same_inputs_give_byte_identical_parts(tmp_path, ray_local):

@@ -10,6 +10,7 @@ import pytest
 
 from modeling.tokenizer import train_tokenizer
 from tasks.documents import Document
+from tasks.executor import WHOLE_STAGE, Marker, read_marker
 from tasks.shards import ShardWriter
 from tasks.stage import InputFile, ShardUnit
 from tasks.storage import resolve
@@ -108,6 +109,7 @@ def test_the_shuffle_is_a_permutation_spread_over_shards(stage):
     assert len(manifest["shards"]) == -(-len(rows) // 9) > 1
     assert [s["rows"] for s in manifest["shards"]] == [pq.read_metadata(s["path"]).num_rows for s in manifest["shards"]]
     assert (stage_dir / "_SUCCESS").exists() and not (stage_dir / "_packed").exists()
+    assert read_marker(resolve(str(stage_dir))) == Marker({WHOLE_STAGE: manifest["fingerprint"]})
 
 
 def test_reruns_are_byte_identical_and_a_finished_stage_is_skipped(stage, corpus, tokenizer, tmp_path):

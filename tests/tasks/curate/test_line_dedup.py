@@ -160,6 +160,13 @@ def test_rerun_skips_finished_work_and_rebuilds_identical_bytes(tmp_path, ray_lo
     lines_file = stage.join(HASHES_DIR, "cc", "part-00001.lines")
     stamp = lines_file.fs.get_file_info(lines_file.path).mtime
     assert run_line_dedup(stage_input, str(tmp_path), min_chars=MIN_CHARS, partitions=2) == first
+    # A finished stage is skipped whole: not even pass 1 looks at its parts (it would rewrite this).
+    pass_one_marker = tmp_path / "line_dedup" / HASHES_DIR / "cc" / "part-00000.json"
+    pass_one_record = pass_one_marker.read_bytes()
+    pass_one_marker.unlink()
+    assert run_line_dedup(stage_input, str(tmp_path), min_chars=MIN_CHARS, partitions=2) == first
+    assert not pass_one_marker.exists()
+    pass_one_marker.write_bytes(pass_one_record)
 
     # A crash after pass 3 wrote one part: its receipt and the stage marker are gone.
     stage.join("_SUCCESS").delete()
