@@ -307,6 +307,7 @@ def hf_backend(proto, name: str = "<proto>"):
     steps = [normalizers.Prepend("▁")] if dummy_prefix else []
     backend.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
     controls = [piece.piece for piece in pieces if piece.type == _CONTROL]
+    # a control piece decodes to nothing, a normal piece that contains its string stays whole
     drop_controls = [decoders.Replace(Regex(r"\A(?:" + "|".join(map(_onig_escape, controls)) + r")\z"), "")]
     backend.decoder = decoders.Sequence([
         *(drop_controls if controls else []), decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
@@ -326,10 +327,11 @@ def bpe_merges(pieces) -> list[tuple[str, str]]:
     SentencePiece merges the pair whose result has the highest score, leftmost first on a tie;
     the Rust BPE merges the pair of lowest rank. So the rank is the result's score, not its id:
     the two orders differ where a model's scores do not follow its ids (Meta's Llama 2 model
-    gives its whitespace runs "▁▁", "▁▁▁▁"... early ids and the lowest score, -1e9, so that
+    gives its whitespace runs "▁▁", "▁▁▁▁"... early ids but scores below the other pieces, so that
     "    return" is "▁▁▁" "▁return"; ranked by id, "▁▁▁▁" "return"). Among results of equal score
     the longer goes first: on a run of equal-score pieces that reproduces SentencePiece's
-    leftmost-first merging, where id order does not. Splits of one piece: longer left part first.
+    leftmost-first merging, where id order does not (tests/modeling/test_tokenizer_parity.py ties
+    every whitespace run of a code model and encodes runs of every length up to 69). Splits of one piece: longer left part first.
     """
     normal = {piece.piece: (piece.score, token_id) for token_id, piece in enumerate(pieces) if piece.type == _NORMAL}
     ranked = []

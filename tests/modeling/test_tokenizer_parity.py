@@ -121,7 +121,11 @@ TOKENIZERS = ["ours-1000", "ours-4000", "ours-16000", "code-2000", "meta-style-c
 
 
 def whitespace_runs_scored_last(model: Path, out_dir: Path) -> Path:
-    """The model with every whitespace-only piece of two or more "▁" scored -1e9, as in Meta's Llama 2."""
+    """The model with every whitespace-only piece of two or more "▁" scored -1e9, below all others.
+
+    Meta's Llama 2 model scores its whitespace runs that way (below the other pieces, ids early):
+    issue 12's "    return" -> "▁▁▁" "▁return" needs it. -1e9 ties them all: the hardest case.
+    """
     proto = sentencepiece_model_pb2.ModelProto.FromString(model.read_bytes())
     rescored = 0
     for piece in proto.pieces:
