@@ -11,8 +11,8 @@ SentencePiece: its own `input_sentence_size` sampling does not honour `set_rando
 and hand SentencePiece exactly those lines. Same input and options give a byte-identical model.
 
 `Tokenizer` wraps a model (ours or Meta's) and pickles as the model's bytes, so Ray workers
-rebuild the C++ processor lazily. `export_hf` writes the Hugging Face fast-tokenizer files; it
-needs `transformers` (and through it `tokenizers` and `protobuf`), imported only there.
+rebuild the C++ processor lazily. `export_hf` writes the Hugging Face tokenizer files, which
+encode as SentencePiece does; it needs `tokenizers` and `protobuf`, imported only there.
 """
 
 from __future__ import annotations
@@ -235,56 +235,147 @@ def _describe(source: object) -> str:
 def export_hf(tokenizer: Tokenizer, folder: str | os.PathLike[str]) -> Path:
     """Write tokenizer.model, tokenizer.json, tokenizer_config.json and special_tokens_map.json.
 
-    `AutoTokenizer.from_pretrained(folder)` then loads a fast (Rust `tokenizers`) tokenizer that
-    gives SentencePiece's ids, BOS added and EOS not, as Meta's Hugging Face exports do. The
-    conversion is transformers' own (SentencePiece merges and byte fallback into a BPE model),
-    with the dummy prefix done as SentencePiece does it.
+    `AutoTokenizer.from_pretrained(folder)` (and `tokenizers.Tokenizer.from_file` on tokenizer.json)
+    then encodes and decodes as the SentencePiece model does: the same ids on any text, BOS added
+    and EOS not. Text that spells a control piece ("<s>", "</s>", "<unk>") is text, as in
+    SentencePiece, so a user cannot end a chat turn by typing "</s>"; callers add BOS/EOS by id
+    (a transformers caller who wants the strings matched passes split_special_tokens=False).
+    The conversion is our own (`hf_backend`), not transformers' converter, whose merges ignore
+    the piece scores (see `bpe_merges`).
     """
-    from transformers import LlamaTokenizerFast
+    from sentencepiece import sentencepiece_model_pb2
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    proto = sentencepiece_model_pb2.ModelProto.FromString(tokenizer.model_proto)
+    backend = hf_backend(proto, tokenizer.name)
     tokenizer.save(folder / MODEL_FILE)
+    backend.save(str(folder / "tokenizer.json"))
     specials = {
-        "bos_token": tokenizer.piece(tokenizer.bos_id),
-        "eos_token": tokenizer.piece(tokenizer.eos_id),
-        "unk_token": tokenizer.piece(tokenizer.unk_id),
+        key: tokenizer.piece(token_id)
+        for key, token_id in (("bos_token", tokenizer.bos_id), ("eos_token", tokenizer.eos_id), ("unk_token", tokenizer.unk_id))
+        if token_id >= 0
     }
-    fast = LlamaTokenizerFast.from_pretrained(
-        folder, add_bos_token=True, add_eos_token=False, legacy=True,
-        clean_up_tokenization_spaces=False, **specials,
-    )
-    _prefix_like_sentencepiece(fast.backend_tokenizer)
-    fast.save_pretrained(folder)
-    _settle_config(folder / "tokenizer_config.json")
-    # transformers 5 keeps the special tokens only in tokenizer_config.json; older readers and
-    # other frameworks (vLLM, TGI, llama.cpp's converter) still look for this file.
-    (folder / "special_tokens_map.json").write_text(json.dumps(specials, indent=2) + "\n")
+    extra_controls = [p.piece for p in proto.pieces if p.type == _CONTROL and p.piece not in specials.values()]
+    config = specials | {
+        # the generic fast class takes tokenizer.json as it is; transformers' LlamaTokenizer
+        # would rebuild its pipeline from vocab and merges its own way
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "add_bos_token": tokenizer.bos_id >= 0,
+        "add_eos_token": False,
+        # the same for transformers' SentencePiece-backed class (SentencePieceBackend.from_pretrained)
+        **({"special_tokens_pattern": "bos"} if tokenizer.bos_id >= 0 else {}),
+        "split_special_tokens": True,
+        "clean_up_tokenization_spaces": False,
+    }
+    if extra_controls:
+        config["additional_special_tokens"] = extra_controls
+    _write_json(folder / "tokenizer_config.json", config)
+    # transformers 5 reads the special tokens from tokenizer_config.json; older readers and other
+    # frameworks (vLLM, TGI, llama.cpp's converter) still look for this file.
+    _write_json(folder / "special_tokens_map.json", specials)
     return folder
 
 
-def _prefix_like_sentencepiece(backend) -> None:
-    """SentencePiece's dummy prefix: one "▁" before every text, even one starting with a space.
+_NORMAL, _CONTROL, _USER_DEFINED, _UNUSED = 1, 3, 4, 5  # SentencePiece piece types (ModelProto.SentencePiece.Type)
 
-    transformers' Metaspace pre-tokenizer adds none to a text that already starts with a space
-    (" x" gives one "▁" less than SentencePiece); the normalizer of Meta's own Llama 2
-    tokenizer.json always prepends.
+
+def hf_backend(proto, name: str = "<proto>"):
+    """A `tokenizers.Tokenizer` that encodes and decodes as the SentencePiece BPE model `proto`.
+
+    SentencePiece's BPE needs no pre-tokenizer: it starts from the characters of the whole
+    normalized text and merges, again and again, the adjacent pair whose concatenation is the
+    best-scoring piece. The Rust BPE model does the same with ranked merges, so the pipeline is
+    the normalizer (dummy prefix, spaces as "▁"), one BPE "word", and byte fallback for the
+    characters outside the vocabulary. Control pieces are vocabulary only, never added tokens, so
+    text that spells them stays text; the decoder drops them as SentencePiece's decoder does.
     """
-    from tokenizers import normalizers
+    from tokenizers import Regex, decoders, normalizers, processors
+    from tokenizers import Tokenizer as RustTokenizer
+    from tokenizers.models import BPE
 
-    backend.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
-    backend.pre_tokenizer = None
+    _check_convertible(proto, name)
+    pieces = proto.pieces
+    spec = proto.trainer_spec
+    dummy_prefix = proto.normalizer_spec.add_dummy_prefix
+    backend = RustTokenizer(BPE(
+        vocab={piece.piece: token_id for token_id, piece in enumerate(pieces)}, merges=bpe_merges(pieces),
+        unk_token=pieces[spec.unk_id].piece, fuse_unk=True, byte_fallback=spec.byte_fallback, dropout=None,
+    ))
+    # SentencePiece's dummy prefix goes before every text, even one that starts with a space
+    # (transformers' Metaspace pre-tokenizer skips it there)
+    steps = [normalizers.Prepend("▁")] if dummy_prefix else []
+    backend.normalizer = normalizers.Sequence([*steps, normalizers.Replace(" ", "▁")])
+    controls = [piece.piece for piece in pieces if piece.type == _CONTROL]
+    # a control piece decodes to nothing, a normal piece that contains its string stays whole
+    drop_controls = [decoders.Replace(Regex(r"\A(?:" + "|".join(map(_onig_escape, controls)) + r")\z"), "")]
+    backend.decoder = decoders.Sequence([
+        *(drop_controls if controls else []), decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+        *([decoders.Strip(" ", 1, 0)] if dummy_prefix else []),
+    ])
+    if spec.bos_id >= 0:
+        bos = pieces[spec.bos_id].piece
+        backend.post_processor = processors.TemplateProcessing(
+            single=f"{bos}:0 $A:0", pair=f"{bos}:0 $A:0 {bos}:1 $B:1", special_tokens=[(bos, spec.bos_id)],
+        )
+    return backend
 
 
-def _settle_config(path: Path) -> None:
-    """Load tokenizer.json as written, drop keys of the loading call, state BOS/EOS use.
+def bpe_merges(pieces) -> list[tuple[str, str]]:
+    """Every (left, right) pair of normal pieces that concatenates to a normal piece, best first.
 
-    transformers 5's LlamaTokenizer rebuilds its pipeline from vocab and merges with the
-    Metaspace pre-tokenizer, undoing `_prefix_like_sentencepiece`; the generic fast class takes
-    tokenizer.json as it is (Meta's Llama 3 exports name it too).
+    SentencePiece merges the pair whose result has the highest score, leftmost first on a tie;
+    the Rust BPE merges the pair of lowest rank. So the rank is the result's score, not its id:
+    the two orders differ where a model's scores do not follow its ids (Meta's Llama 2 model
+    gives its whitespace runs "▁▁", "▁▁▁▁"... early ids but scores below the other pieces, so that
+    "    return" is "▁▁▁" "▁return"; ranked by id, "▁▁▁▁" "return"). Among results of equal score
+    the longer goes first: on a run of equal-score pieces that reproduces SentencePiece's
+    leftmost-first merging, where id order does not (tests/modeling/test_tokenizer_parity.py ties
+    every whitespace run of a code model and encodes runs of every length up to 69). Splits of one piece: longer left part first.
     """
-    config = json.loads(path.read_text())
-    for load_time_key in ("is_local", "local_files_only"):
-        config.pop(load_time_key, None)
-    config |= {"tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": True, "add_eos_token": False}
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    normal = {piece.piece: (piece.score, token_id) for token_id, piece in enumerate(pieces) if piece.type == _NORMAL}
+    ranked = []
+    for piece, (score, token_id) in normal.items():
+        for cut in range(1, len(piece)):
+            left, right = piece[:cut], piece[cut:]
+            if left in normal and right in normal:
+                ranked.append(((-score, -len(piece), token_id, -cut), (left, right)))
+    ranked.sort()
+    return [pair for _, pair in ranked]
+
+
+def _check_convertible(proto, name: str) -> None:
+    """Refuse what `hf_backend` would convert wrongly, rather than export different ids."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    spec, normalizer = proto.trainer_spec, proto.normalizer_spec
+    problems = []
+    if spec.model_type != sentencepiece_model_pb2.TrainerSpec.BPE:
+        problems.append(f"model type {sentencepiece_model_pb2.TrainerSpec.ModelType.Name(spec.model_type)} (only BPE)")
+    if normalizer.precompiled_charsmap:
+        problems.append(f"normalization rule {normalizer.name!r} (only identity)")
+    if normalizer.remove_extra_whitespaces:
+        problems.append("remove_extra_whitespaces")
+    if not normalizer.escape_whitespaces:
+        problems.append("escape_whitespaces off")
+    if spec.treat_whitespace_as_suffix:
+        problems.append("treat_whitespace_as_suffix")
+    if proto.denormalizer_spec.precompiled_charsmap:
+        problems.append("a denormalizer")
+    if any(piece.type == _UNUSED for piece in proto.pieces):
+        problems.append("unused pieces")
+    if any(piece.type == _USER_DEFINED for piece in proto.pieces):
+        # SentencePiece cuts them out of the text after the dummy prefix; the Rust added tokens
+        # match before it, so a text that starts with one loses its "▁". Markers a chat format
+        # adds by id are control symbols, which export exactly.
+        problems.append("user-defined symbols (train with control_symbols instead)")
+    if problems:
+        raise ValueError(f"{name}: cannot export to Hugging Face with SentencePiece's ids: {', '.join(problems)}")
+
+
+def _onig_escape(text: str) -> str:
+    return "".join(f"\\x{{{ord(char):x}}}" if not char.isalnum() else char for char in text)
+
+
+def _write_json(path: Path, data: dict[str, object]) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
