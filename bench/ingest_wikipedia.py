@@ -9,7 +9,10 @@ uncompressed XML and documents/s for:
 - the bare wikitext parser: ``mwparserfromhell.parse(text).strip_code()`` over the same articles'
   wikitext, already in memory.
 The ratios of our time to each bare time are our overhead. Then the peak RSS of a fresh process
-reading the dump and one 10 times larger: a streamed reader stays flat.
+reading the dump and one 10 times larger: a streamed reader stays flat. Quality beside speed: on
+the adversarial dumps of :mod:`tasks.synthetic.wikipedia_markup` (4 languages), the share of
+articles whose text keeps wiki markup (``<ref``, ``{|``, ``|}``, ``[[``, ``]]``, ``{{``, ``}}``,
+``'''``, ``<!--``) or words of removed markup, ours and the bare parser's.
 """
 
 from __future__ import annotations
@@ -30,6 +33,10 @@ from tasks.documents import Document
 from tasks.sources.wikipedia import WikipediaReader
 from tasks.stage import InputFile, ShardUnit
 from tasks.synthetic.wikipedia import write_inputs
+from tasks.synthetic.wikipedia_markup import LANGUAGES, write_markup_dump
+
+MARKUP = ("<ref", "{|", "|}", "[[", "]]", "{{", "}}", "'''", "<!--")
+MARKUP_ARTICLES = 50  # per language
 
 
 def kept_documents(path: str) -> list[Document]:
@@ -89,6 +96,23 @@ def peak_rss_mib(path: str) -> float:
     return float(out.strip())
 
 
+def markup_shares(folder: str) -> tuple[int, int, int]:
+    """Articles, and how many keep markup or removed words: in our documents, in bare strip_code."""
+    articles = ours = bare = 0
+    for language in LANGUAGES:
+        path, built = write_markup_dump(folder, language, seed=0, articles=MARKUP_ARTICLES)
+        texts = {d.meta["page_id"]: d.text for d in kept_documents(path)}
+        for article in built:
+            articles += 1
+            ours += _keeps_markup(texts.get(article.page_id, ""), article.hidden)
+            bare += _keeps_markup(mwparserfromhell.parse(article.wikitext).strip_code(), article.hidden)
+    return articles, ours, bare
+
+
+def _keeps_markup(text: str, hidden: tuple[str, ...]) -> bool:
+    return any(marker in text for marker in MARKUP) or any(word in text for word in hidden)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=250, help="copies of the 12-page synthetic set")
@@ -113,12 +137,17 @@ def main() -> None:
         t_parser = best_of(args.repeat, strip_all, texts)
         t_ours = best_of(args.repeat, read_with_reader, path)
         rss_small, rss_large = peak_rss_mib(path), peak_rss_mib(large)
+        articles, ours_marked, bare_marked = markup_shares(str(Path(tmp) / "markup"))
 
     print(f"dump: {xml_mb:.1f} MB XML ({compressed_mb:.2f} MB bz2), {docs} articles kept")
     print(f"WikipediaReader       {t_ours:7.3f} s  {xml_mb / t_ours:7.2f} MB/s  {docs / t_ours:8.0f} docs/s")
     print(f"bare XML iteration    {t_xml:7.3f} s  {xml_mb / t_xml:7.2f} MB/s   ours / bare = {t_ours / t_xml:.1f}x")
     print(f"bare parse+strip_code {t_parser:7.3f} s  (same {docs} articles)   ours / bare = {t_ours / t_parser:.2f}x")
     print(f"peak RSS: {rss_small:.0f} MiB on {xml_mb:.1f} MB XML, {rss_large:.0f} MiB on {10 * xml_mb:.0f} MB XML")
+    print(
+        f"adversarial markup, {articles} articles: markup left in ours {ours_marked} ({ours_marked / articles:.1%}), "
+        f"in bare parse+strip_code {bare_marked} ({bare_marked / articles:.1%})"
+    )
 
 
 if __name__ == "__main__":

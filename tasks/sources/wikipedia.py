@@ -8,10 +8,11 @@ byte-order mark decides the encoding (UTF-8, UTF-16, ISO-8859-1, ...); the expor
 Every ``<page>`` yields exactly one item:
 
 - a :class:`Document` for an article (namespace 0, not a redirect), its wikitext turned into plain
-  text by mwparserfromhell: link text kept, link markup gone; templates, references, comments,
-  files and images, categories, interlanguage links, tables, magic words and bare URLs removed;
-  bold and italic quotes removed; HTML tags replaced by their text; section titles kept as lines
-  (a title whose section ends up empty is dropped with it);
+  text by :class:`tasks.sources.wikitext.WikitextCleaner`: link text kept, link markup gone;
+  templates, references, comments, files and images, galleries, formulas, code listings,
+  categories, interlanguage links, tables, magic words and bare URLs removed, also where the markup
+  is unbalanced; bold and italic quotes removed; HTML tags replaced by their text; section titles
+  kept as lines (a title whose section ends up empty is dropped with it);
 - a :class:`Drop` for a page the recipe excludes (``wikipedia:not_article_namespace``,
   ``wikipedia:redirect``, ``wikipedia:text_deleted``, ``wikipedia:not_wikitext``,
   ``wikipedia:empty_text``);
@@ -40,11 +41,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-import mwparserfromhell
-from mwparserfromhell.nodes import Comment, ExternalLink, Heading, Tag, Template, Text, Wikilink
-from mwparserfromhell.wikicode import Wikicode
-
 from tasks.documents import BadRecord, Document, make_doc_id
+from tasks.sources.wikitext import WikitextCleaner
 from tasks.stage import InputFile, ShardUnit
 from tasks.steps import Drop
 from tasks.storage import resolve
@@ -54,8 +52,6 @@ LICENCE = "CC BY-SA"
 LLAMA_LANGUAGES = tuple("bg ca cs da de en es fr hr hu it nl pl pt ro ru sl sr sv uk".split())
 
 ARTICLE_NAMESPACE = 0
-MEDIA_NAMESPACE_KEYS = frozenset({"6", "-2"})  # File: and Media:
-CATEGORY_NAMESPACE_KEY = "14"
 XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 MULTISTREAM_SUFFIX = "-multistream.xml.bz2"
 # A bz2 stream: "BZh", the block size digit, then the first block's magic (pi's digits in BCD).
@@ -67,68 +63,6 @@ SCAN_WINDOW = 1 << 20
 PROBE_PIECE = 64 << 10
 PROBE_OUTPUT = 64
 
-# Canonical English names work on every wiki; these are each language's own names and the aliases
-# MediaWiki's language files accept for them (File/Media, Category). The dump's <siteinfo> adds the
-# wiki's current names at read time, which covers any language configured beyond these.
-ENGLISH_MEDIA = ("file", "image", "media")
-ENGLISH_CATEGORY = ("category",)
-LOCAL_MEDIA = {
-    "bg": ("файл", "картинка", "изображение", "медия"),
-    "ca": ("fitxer", "imatge", "arxiu", "multimèdia"),
-    "cs": ("soubor", "obrázek", "média"),
-    "da": ("fil", "billede", "medie"),
-    "de": ("datei", "bild", "medium"),
-    "es": ("archivo", "imagen", "medio"),
-    "fr": ("fichier", "image", "média"),
-    "hr": ("datoteka", "slika", "mediji"),
-    "hu": ("fájl", "kép", "média"),
-    "it": ("file", "immagine"),
-    "nl": ("bestand", "afbeelding"),
-    "pl": ("plik", "grafika"),
-    "pt": ("ficheiro", "arquivo", "imagem", "multimédia"),
-    "ro": ("fișier", "fişier", "imagine"),
-    "ru": ("файл", "изображение", "медиа"),
-    "sl": ("slika", "datoteka"),
-    "sr": ("датотека", "слика", "медиј", "datoteka", "slika", "medij"),
-    "sv": ("fil", "bild"),
-    "uk": ("файл", "зображення", "медіа"),
-}
-LOCAL_CATEGORY = {
-    "bg": ("категория",),
-    "ca": ("categoria",),
-    "cs": ("kategorie",),
-    "da": ("kategori",),
-    "de": ("kategorie",),
-    "es": ("categoría",),
-    "fr": ("catégorie",),
-    "hr": ("kategorija",),
-    "hu": ("kategória",),
-    "it": ("categoria",),
-    "nl": ("categorie",),
-    "pl": ("kategoria",),
-    "pt": ("categoria",),
-    "ro": ("categorie",),
-    "ru": ("категория",),
-    "sl": ("kategorija",),
-    "sr": ("категорија", "kategorija"),
-    "sv": ("kategori",),
-    "uk": ("категорія",),
-}
-
-# Tags whose content is not article prose: footnotes, tables, and extension tags that render
-# images, formulas or widgets. Other HTML tags (span, small, sup, div, blockquote, ...) keep their text.
-NON_PROSE_TAGS = frozenset(
-    {"ref", "references", "table", "gallery", "imagemap", "math", "chem", "ce", "score", "timeline", "graph",
-     "categorytree", "inputbox", "templatedata", "templatestyles", "mapframe", "maplink", "hiero"}
-)
-# Interlanguage links ([[fr:Paris]]) name another wiki by its language code and show no text.
-INTERLANGUAGE_PREFIX = re.compile(r"[a-z]{2,3}(?:-[a-z]+)*$")
-MAGIC_WORD = re.compile(r"__(\w+?)__")
-LEFTOVER_QUOTES = re.compile(r"'{2,}")  # unbalanced bold/italic the parser could not pair
-# Brackets emptied by removed templates: "Brahui ({{IPA|...}}) is" would read "Brahui () is".
-EMPTIED_BRACKETS = re.compile(r" \(\s*[,;:]?\s*\)")  # after a space: "f()" in prose about code stays
-SPACE_RUNS = re.compile(r"[ \t]{2,}")
-BLANK_RUNS = re.compile(r"\n{3,}")
 DUMP_NAME = re.compile(r"^([a-z][a-z0-9_]*?)wiki-")
 # Old dumps mark redirects only in the text: '#REDIRECT [[Target]]' or a localised magic word.
 REDIRECT_TEXT = re.compile(r"^\s*#[^\W\d_]+\s*:?\s*\[\[")
@@ -143,119 +77,6 @@ def dump_language(file_name: str) -> str | None:
 
 def article_url(language: str, title: str) -> str:
     return f"https://{language}.wikipedia.org/wiki/{quote(title.replace(' ', '_'), safe=URL_SAFE)}"
-
-
-@dataclass(frozen=True)
-class WikitextCleaner:
-    """Wikitext to plain text for one wiki: which link prefixes name files and categories there."""
-
-    media_prefixes: frozenset[str]
-    category_prefixes: frozenset[str]
-
-    @classmethod
-    def for_language(cls, language: str, site_namespaces: dict[str, str] | None = None) -> WikitextCleaner:
-        media = set(ENGLISH_MEDIA) | set(LOCAL_MEDIA.get(language, ()))
-        category = set(ENGLISH_CATEGORY) | set(LOCAL_CATEGORY.get(language, ()))
-        for key, name in (site_namespaces or {}).items():
-            if key in MEDIA_NAMESPACE_KEYS:
-                media.add(_namespace_form(name))
-            elif key == CATEGORY_NAMESPACE_KEY:
-                category.add(_namespace_form(name))
-        return cls(frozenset(media), frozenset(category))
-
-    def to_text(self, wikitext: str) -> str:
-        code = mwparserfromhell.parse(wikitext)
-        self._prune(code)
-        return _render_sections(code)
-
-    def _prune(self, code: Wikicode) -> None:
-        """Remove non-prose nodes in place, at every depth, in one pass over the tree."""
-        kept = []
-        for node in code.nodes:
-            if isinstance(node, (Template, Comment)) or (isinstance(node, ExternalLink) and not node.brackets):
-                continue
-            if isinstance(node, Wikilink) and self._is_non_prose_link(node):
-                continue
-            if isinstance(node, Tag):
-                tag = str(node.tag).strip().lower()
-                if tag in NON_PROSE_TAGS:
-                    continue
-                if tag == "br":  # a line break inside prose (poems, addresses) separates words
-                    kept.append(Text("\n"))
-                    continue
-            for child in _children(node):
-                self._prune(child)
-            kept.append(node)
-        code.nodes = kept
-
-    def _is_non_prose_link(self, link: Wikilink) -> bool:
-        title = str(link.title).strip()
-        if title.startswith(":"):  # [[:Category:X]] is an inline link to the category page: prose
-            return False
-        prefix, colon, _ = title.partition(":")
-        if not colon:
-            return False
-        prefix = _namespace_form(prefix)
-        if prefix in self.media_prefixes or prefix in self.category_prefixes:
-            return True
-        return link.text is None and INTERLANGUAGE_PREFIX.match(prefix) is not None
-
-
-def _namespace_form(name: str) -> str:
-    return name.replace("_", " ").strip().casefold()
-
-
-def _children(node: Any) -> list[Wikicode]:
-    if isinstance(node, Tag):
-        return [node.contents] if node.contents is not None else []
-    if isinstance(node, Wikilink):
-        return [node.text] if node.text is not None else []
-    if isinstance(node, ExternalLink):
-        return [node.title] if node.title is not None else []
-    if isinstance(node, Heading):
-        return [node.title]
-    return []
-
-
-def _render_sections(code: Wikicode) -> str:
-    """Text of the lead and each section; a heading is kept only above a section that has text.
-
-    ``pending`` holds the headings seen since the last text, outermost first: a subsection with text
-    brings its parent headings along, a section left empty (references, gallery) disappears.
-    """
-    parts: list[str] = []
-    pending: list[tuple[int, str]] = []
-    body: list[Any] = []
-
-    def flush() -> None:
-        text = _plain(Wikicode(body))
-        if text:
-            parts.extend(title for _, title in pending)
-            pending.clear()
-            parts.append(text)
-        body.clear()
-
-    for node in code.nodes:
-        if isinstance(node, Heading):
-            flush()
-            title = _plain(node.title)
-            while pending and pending[-1][0] >= node.level:
-                pending.pop()
-            if title:
-                pending.append((node.level, title))
-        else:
-            body.append(node)
-    flush()
-    return "\n\n".join(parts)
-
-
-def _plain(code: Wikicode) -> str:
-    text = code.strip_code(normalize=True, collapse=True)
-    text = MAGIC_WORD.sub(lambda m: "" if m.group(1).isupper() else m.group(0), text)
-    text = EMPTIED_BRACKETS.sub("", LEFTOVER_QUOTES.sub("", text))
-    # List markers and removed nodes leave indents and double spaces; layout is not prose.
-    lines = "\n".join(SPACE_RUNS.sub(" ", line).strip() for line in text.split("\n"))
-    return BLANK_RUNS.sub("\n\n", lines).strip()
 
 
 @dataclass(frozen=True)

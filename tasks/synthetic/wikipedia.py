@@ -59,14 +59,23 @@ class ExpectedPage:
 def write_inputs(folder: str, seed: int = 0, copies: int = 1) -> list[str]:
     """Write the dump into ``folder``; ``copies`` repeats the page set (distinct ids) for benchmarks."""
     path = Path(folder) / DUMP_NAME
+    write_multistream(path, HEADER, [xml for _, xml in _pages(seed, copies)])
+    return [str(path)]
+
+
+def write_multistream(path: Path, header: str, pages: list[str]) -> None:
+    """A bz2 multistream dump as Wikimedia writes one: header, pages in streams of 100, footer."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pages = [xml for _, xml in _pages(seed, copies)]
     with open(path, "wb") as out:
-        out.write(bz2.compress(HEADER.encode()))
+        out.write(bz2.compress(header.encode()))
         for start in range(0, len(pages), PAGES_PER_STREAM):
             out.write(bz2.compress("".join(pages[start : start + PAGES_PER_STREAM]).encode()))
         out.write(bz2.compress(FOOTER.encode()))
-    return [str(path)]
+
+
+def article_xml(title: str, page_id: int, wikitext: str) -> str:
+    """One article page (namespace 0) with one revision, as an export writes it."""
+    return _page_xml(title, str(page_id), 0, _revision(page_id, _text(wikitext)))
 
 
 def expected_pages(seed: int = 0, copies: int = 1) -> list[ExpectedPage]:
