@@ -2,7 +2,8 @@
 
 One *shard unit* is one input (a file, or a split of one) and becomes exactly one output part.
 Units run as Ray tasks; each is idempotent (its receipt is its completion marker), so a rerun
-skips finished parts and redoes the rest, and a finished stage is skipped whole.
+skips finished parts and redoes the rest, and a finished stage is skipped whole. Once the parts
+are written, ids that repeat across them are made unique (:mod:`tasks.unique_ids`).
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ from tasks.shards import (
 )
 from tasks.steps import Drop, Step, batched
 from tasks.storage import Location, remove_temporaries, resolve, sha256_of, write_json_atomic
+from tasks.unique_ids import disambiguate
 from tasks.version import code_version
 
 BATCH_SIZE = 256
+RETRIES = {"max_retries": 2, "retry_exceptions": [OSError]}
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,12 @@ class SplittableReader(Reader, Protocol):
 
 def plan_units(source: str, reader: Reader, inputs: Sequence[InputFile], split_bytes: int | None) -> list[ShardUnit]:
     """One unit per input, or per split of an input larger than ``split_bytes`` when the format allows."""
+    seen: dict[str, str] = {}
+    for input_file in inputs:
+        same_file = resolve(input_file.uri).uri
+        if same_file in seen:
+            raise ValueError(f"{source}: input {input_file.uri} is listed twice (also as {seen[same_file]})")
+        seen[same_file] = input_file.uri
     units: list[ShardUnit] = []
     for input_file in inputs:
         ranges = None
@@ -246,6 +255,7 @@ def write_manifest(
             "finished_at": finished_at,
             "wall_seconds": round(wall_seconds, 3),
             "inputs": list({u.input.uri: asdict(u.input) for u in units if u.source == source and u.input}.values()),
+            "ids_disambiguated": sum(r.ids_disambiguated for r in receipts if r.source == source),
         }
     parts = [p for p in before["parts"] if p["source"] not in sources]
     parts += [asdict(r) for r in receipts]
@@ -324,7 +334,7 @@ def run_stage(
     _forget(spec, units)
     started = time.perf_counter()
     # Retries cover a worker that died; the unit's own receipt makes the retry skip finished work.
-    run_remote = ray.remote(run_shard).options(max_retries=2, retry_exceptions=[OSError])
+    run_remote = ray.remote(run_shard).options(**RETRIES)
     spec_ref = ray.put(spec)
     pending = [run_remote.remote(spec_ref, unit) for unit in units]
     receipts: list[PartReceipt] = []
@@ -338,7 +348,19 @@ def run_stage(
             progress.advance(bar)
             if on_part_done is not None:
                 on_part_done(receipt)
+    receipts = disambiguate(spec.stage_dir, receipts, run_on_ray)
     return write_manifest(spec, units, receipts, time.perf_counter() - started)
+
+
+def run_on_ray(function: Callable[[Any], Any], jobs: Sequence[Any]) -> list[Any]:
+    """``function`` over ``jobs`` as Ray tasks (idempotent ones: a retry redoes a job whole)."""
+    import ray
+
+    from infra.ray_env import ensure_ray
+
+    ensure_ray()
+    remote = ray.remote(function).options(**RETRIES)
+    return ray.get([remote.remote(job) for job in jobs])
 
 
 @dataclass(frozen=True)
