@@ -55,12 +55,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tasks.documents import REPEAT_SUFFIX, REQUIRED_COLUMNS, repeat_id, split_repeat
+from tasks.documents import REPEAT_MARK, REPEAT_SUFFIX, REQUIRED_COLUMNS, repeat_id, split_repeat
 from tasks.shards import PartReceipt, ShardWriter, part_location, part_name, read_part, receipt_location
 from tasks.storage import Location, atomic_output, resolve, sha256_of
 
 SCRATCH = "_unique_ids"
-ROWS_PER_BUCKET = 1 << 21  # ~100 MB of ids and positions per pass-2 task
+ROWS_PER_BUCKET = 1 << 21  # ids a pass-2 task holds: ~200 MB in Arrow at ~40 characters an id
 ID_SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("row", pa.int64(), nullable=False)])
 MAX_EXAMPLES = 20  # duplicates listed per bucket by the check; all of them are counted
 
@@ -74,6 +74,8 @@ def bucket_count(rows: int, rows_per_bucket: int = ROWS_PER_BUCKET) -> int:
 
 def buckets_of(ids: pa.Array, buckets: int) -> np.ndarray:
     """The bucket of each id: by its natural id, so every occurrence of a key lands in the same one."""
+    if buckets == 1:
+        return np.zeros(len(ids), dtype=np.int64)
     naturals = natural_ids(ids).to_pylist()
     return np.fromiter((zlib.crc32(n.encode()) % buckets for n in naturals), dtype=np.int64, count=len(naturals))
 
@@ -87,9 +89,6 @@ class PartIds:
     ordinal: int  # of the part in the global order
     part: str
     buckets: int
-
-    def index_file(self) -> Location:
-        return index_file(self.scratch, self.ordinal)
 
 
 def index_file(scratch: str, ordinal: int) -> Location:
@@ -107,7 +106,7 @@ def index_part_ids(job: PartIds) -> int:
     sorted_ids = ids.take(pa.array(order))
     sorted_rows = pa.array(order, type=pa.int64())
     bounds = np.searchsorted(buckets[order], np.arange(job.buckets + 1))
-    with atomic_output(job.index_file()) as stream, pa.ipc.new_file(stream, ID_SCHEMA) as writer:
+    with atomic_output(index_file(job.scratch, job.ordinal)) as stream, pa.ipc.new_file(stream, ID_SCHEMA) as writer:
         for bucket in range(job.buckets):
             start, length = int(bounds[bucket]), int(bounds[bucket + 1] - bounds[bucket])
             writer.write_batch(
@@ -130,6 +129,9 @@ Occurrence = tuple[str, int, int]  # (id, part ordinal, row)
 
 
 def natural_ids(ids: pa.Array) -> pa.Array:
+    characters = ids.buffers()[2]
+    if characters is None or REPEAT_MARK.encode() not in characters.to_pybytes():  # mostly: no renamed id
+        return ids
     return pc.replace_substring_regex(ids, pattern=REPEAT_SUFFIX, replacement="")
 
 
@@ -152,24 +154,26 @@ def repeated_keys(job: BucketJob) -> list[list[Occurrence]]:
     all_ids = pa.concat_arrays(ids)
     all_ordinals, all_rows = np.concatenate(ordinals), np.concatenate(rows)
     naturals = natural_ids(all_ids)
-    table = pa.table({"natural": naturals, "ordinal": all_ordinals, "row": all_rows})
-    order = pc.sort_indices(table, sort_keys=[("natural", "ascending"), ("ordinal", "ascending"), ("row", "ascending")])
-    in_order = naturals.take(order)
-    same_as_next = pc.equal(in_order.slice(1), in_order.slice(0, len(in_order) - 1)).to_numpy(zero_copy_only=False)
-    repeated = np.zeros(len(in_order), dtype=bool)
-    repeated[1:] |= same_as_next
-    repeated[:-1] |= same_as_next
-    positions = np.flatnonzero(repeated)
-    if not positions.size:
+    # Hash-count the natural ids, then sort only the repeated ones: the rest (nearly all) never
+    # leave Arrow. The parts' batches were concatenated in global order and the sort is stable.
+    counts = pa.table({"natural": naturals}).group_by("natural").aggregate([("natural", "count")])
+    repeated = counts.filter(pc.greater(counts["natural_count"], 1))["natural"]
+    if not len(repeated):
         return []
-    picked = order.to_numpy()[positions]
-    group_starts = np.concatenate([[True], ~same_as_next[positions[1:] - 1]])
+    positions = np.flatnonzero(pc.is_in(naturals, value_set=repeated.combine_chunks()).to_numpy(zero_copy_only=False))
+    in_order = naturals.take(pa.array(positions))
+    picked = positions[pc.sort_indices(in_order).to_numpy()]
     groups: list[list[Occurrence]] = []
-    for doc_id, ordinal, row, starts in zip(
-        all_ids.take(pa.array(picked)).to_pylist(), all_ordinals[picked].tolist(), all_rows[picked].tolist(), group_starts
+    previous = None
+    for doc_id, natural, ordinal, row in zip(
+        all_ids.take(pa.array(picked)).to_pylist(),
+        naturals.take(pa.array(picked)).to_pylist(),
+        all_ordinals[picked].tolist(),
+        all_rows[picked].tolist(),
     ):
-        if starts:
+        if natural != previous:
             groups.append([])
+            previous = natural
         groups[-1].append((doc_id, ordinal, row))
     return groups
 
