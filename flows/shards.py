@@ -10,8 +10,9 @@ from pydantic import BaseModel, Field
 
 from tasks.settings import default_data_root
 from tasks.shards import MANIFEST
+from tasks.executor import run_each
 from tasks.storage import resolve
-from tasks.validate import check_part, check_stage_level, stage_report
+from tasks.validate import check_part, check_stage_level, check_unique_ids, stage_report
 
 
 class ShardsConfig(BaseModel):
@@ -20,6 +21,9 @@ class ShardsConfig(BaseModel):
         description="Stage folder (local path or URI) holding _manifest.json",
     )
     fail_on_problems: bool = Field(True, description="Fail the run when the stage does not validate")
+    scratch_dir: str | None = Field(
+        None, description="Where the id uniqueness check keeps its temporary index (default: the stage folder)"
+    )
 
 
 class StageInvalid(RuntimeError):
@@ -35,7 +39,7 @@ def load_manifest(stage_dir: str) -> dict[str, Any]:
 
 
 @task
-def check_parts(stage_dir: str, manifest: dict[str, Any]) -> dict[str, Any]:
+def check_parts(stage_dir: str, manifest: dict[str, Any], scratch_dir: str | None = None) -> dict[str, Any]:
     import ray
 
     from tasks.ray_runtime import ensure_ray
@@ -44,7 +48,10 @@ def check_parts(stage_dir: str, manifest: dict[str, Any]) -> dict[str, Any]:
     logger.info("checking %d parts on %s", len(manifest["parts"]), ensure_ray())
     check_remote = ray.remote(check_part)
     checks = ray.get([check_remote.remote(stage_dir, part) for part in manifest["parts"]])
-    return stage_report(manifest, checks, check_stage_level(resolve(stage_dir), manifest))
+    location = resolve(stage_dir)
+    scratch = resolve(scratch_dir) if scratch_dir else None
+    problems = check_stage_level(location, manifest) + check_unique_ids(location, manifest, run_each, scratch)
+    return stage_report(manifest, checks, problems)
 
 
 @task
@@ -64,7 +71,7 @@ def publish_report(report: dict[str, Any]) -> None:
 @flow(name="shards", log_prints=True)
 def shards(config: ShardsConfig = ShardsConfig()) -> dict[str, Any]:
     manifest = load_manifest(config.stage_dir)
-    report = check_parts(config.stage_dir, manifest)
+    report = check_parts(config.stage_dir, manifest, config.scratch_dir)
     publish_report(report)
     if config.fail_on_problems and not report["valid"]:
         raise StageInvalid(f"{config.stage_dir}: " + "; ".join(report["problems"][:10]))

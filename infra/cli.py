@@ -286,6 +286,9 @@ def pretrain(
 def shards(
     stage_dir: Annotated[str, typer.Argument(help="Stage folder (path or URI) with a _manifest.json")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON")] = False,
+    scratch: Annotated[
+        str | None, typer.Option(help="Folder for the id check's temporary index (default: the stage folder)")
+    ] = None,
 ) -> None:
     """Validate a stage folder against its manifest and print its statistics (the `shards` flow).
 
@@ -295,7 +298,7 @@ def shards(
     from flows.shards import ShardsConfig, shards as shards_flow
 
     try:
-        report = shards_flow(ShardsConfig(stage_dir=stage_dir, fail_on_problems=False))
+        report = shards_flow(ShardsConfig(stage_dir=stage_dir, fail_on_problems=False, scratch_dir=scratch))
     except (FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error[/red] {exc}")
         raise typer.Exit(code=2) from exc

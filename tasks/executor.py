@@ -178,6 +178,11 @@ def folder_digest(folder: Location) -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
 
+def run_each(function: Callable[[Any], Result], jobs: Sequence[Any]) -> list[Result]:
+    """``function(job)`` for every job as a Ray task (:func:`run_tasks` with one argument each)."""
+    return run_tasks(function, [(job,) for job in jobs])
+
+
 def run_tasks(
     function: Callable[..., Result],
     calls: Sequence[tuple],

@@ -158,6 +158,7 @@ class PartReceipt:
     rows: int = 0
     bytes: int = 0
     text_chars: int = 0
+    ids_disambiguated: int = 0  # documents renamed <id>~k: their natural key came earlier (tasks.unique_ids)
     sha256: str = ""
     wall_seconds: float = 0.0
     steps: dict[str, dict] = field(default_factory=dict)

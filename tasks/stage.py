@@ -3,7 +3,8 @@
 One *shard unit* is one input (a file, or a split of one) and becomes exactly one output part.
 Units run as Ray tasks (:mod:`tasks.executor`); each is idempotent (its receipt is its completion
 marker), so a rerun skips finished parts and redoes the rest, and a finished stage is skipped
-whole. The stage's scopes are its sources: each run marks its own in ``_SUCCESS``.
+whole. The stage's scopes are its sources: each run marks its own in ``_SUCCESS``. Once the parts
+are written, ids that repeat across them are made unique (:mod:`tasks.unique_ids`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from tasks.documents import BadRecord, Document
-from tasks.executor import finished_receipt, fingerprint, is_complete, run_marked, run_tasks
+from tasks.executor import finished_receipt, fingerprint, is_complete, run_each, run_marked, run_tasks
 from tasks.shards import (
     MANIFEST,
     QUARANTINE,
@@ -34,6 +35,7 @@ from tasks.shards import (
 )
 from tasks.steps import Drop, Step, batched
 from tasks.storage import Location, resolve, sha256_of, write_json_atomic
+from tasks.unique_ids import disambiguate
 from tasks.version import code_version
 
 BATCH_SIZE = 256
@@ -80,6 +82,12 @@ class SplittableReader(Reader, Protocol):
 
 def plan_units(source: str, reader: Reader, inputs: Sequence[InputFile], split_bytes: int | None) -> list[ShardUnit]:
     """One unit per input, or per split of an input larger than ``split_bytes`` when the format allows."""
+    seen: dict[str, str] = {}
+    for input_file in inputs:
+        same_file = resolve(input_file.uri).uri
+        if same_file in seen:
+            raise ValueError(f"{source}: input {input_file.uri} is listed twice (also as {seen[same_file]})")
+        seen[same_file] = input_file.uri
     units: list[ShardUnit] = []
     for input_file in inputs:
         ranges = None
@@ -233,6 +241,7 @@ def write_manifest(
             "finished_at": finished_at,
             "wall_seconds": round(wall_seconds, 3),
             "inputs": list({u.input.uri: asdict(u.input) for u in units if u.source == source and u.input}.values()),
+            "ids_disambiguated": sum(r.ids_disambiguated for r in receipts if r.source == source),
         }
     parts = [p for p in before["parts"] if p["source"] not in sources]
     parts += [asdict(r) for r in receipts]
@@ -295,10 +304,12 @@ def run_stage(
         receipts = run_tasks(
             run_shard, [(unit,) for unit in units], shared=(spec,), label=f"{spec.name}: parts", on_result=on_part_done
         )
+        receipts = disambiguate(spec.stage_dir, receipts, run_each)
         return write_manifest(spec, units, receipts, time.perf_counter() - started)
 
     sources = {source: spec.fingerprint() for source in _sources(units)}
     return run_marked(spec.stage_dir, sources, run_parts, reuse=lambda: load_manifest(spec))
+
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,11 @@
 """Check a finished stage against its manifest, part by part, and gather its statistics.
 
 A part passes when its file exists with the recorded size and checksum, holds the recorded rows
-in the document schema with unique ids of its own source and JSON-object ``meta``, and its
-quarantine file holds the recorded number of records. The stage passes when every part passes,
-every count reconciles, the manifest totals equal the sum of its parts, and no visible part lies
-in the stage folder that the manifest does not list.
+in the document schema of its own source with JSON-object ``meta``, and its quarantine file
+holds the recorded number of records. The stage passes when every part passes, every count
+reconciles, the manifest totals equal the sum of its parts, no visible part lies in the stage
+folder that the manifest does not list, and no two documents of the stage, in one part or in two,
+share an id (:func:`check_unique_ids`: hash-partitioned on Ray, no process holds all the ids).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tasks.documents import DOCUMENT_SCHEMA
 from tasks.executor import read_marker
 from tasks.shards import MANIFEST, SUCCESS, PartReceipt, quarantine_location, summarise
 from tasks.storage import Location, resolve, sha256_of
+from tasks.unique_ids import RunAll, find_duplicate_ids
 
 
 @dataclass
@@ -70,14 +72,10 @@ def _check_rows(location: Location, receipt: PartReceipt, check: PartCheck) -> N
                 check.problems.append(f"{receipt.path}: column {expected.name!r} missing or not {expected.type}")
                 return
         check.row_groups = parquet.num_row_groups
-        ids: set[str] = set()
         lengths: list[int] = []
         for batch in parquet.iter_batches(columns=["id", "source", "text", "meta"]):
             for row, (doc_id, source, text, meta) in enumerate(zip(*(c.to_pylist() for c in batch.columns))):
                 where = f"{receipt.path}: record {check.rows + row} ({doc_id})"
-                if doc_id in ids:
-                    check.problems.append(f"{where}: duplicate id")
-                ids.add(doc_id)
                 if source != receipt.source:
                     check.problems.append(f"{where}: source {source!r} in a {receipt.source!r} part")
                 if not _is_json_object(meta):
@@ -118,6 +116,25 @@ def check_stage_level(stage_dir: Location, manifest: dict[str, Any]) -> list[str
         for part in stage_dir.join(source).list_files(".parquet"):
             if part.path not in listed:
                 problems.append(f"{part.uri}: part not listed in the manifest")
+    return problems
+
+
+def check_unique_ids(
+    stage_dir: Location, manifest: dict[str, Any], run_all: RunAll, scratch_root: Location | None = None
+) -> list[str]:
+    """One problem per document whose id an earlier document of the stage holds, naming both
+    (part file and record), up to a few per hash bucket, and their count when more were found.
+
+    ``scratch_root`` (default: the stage folder) holds a temporary index of the ids."""
+    parts = sorted(manifest["parts"], key=lambda p: (p["source"], p["index"]))
+    rows = sum(p["rows"] for p in parts)
+    count, examples = find_duplicate_ids([p["path"] for p in parts], rows, run_all, scratch_root or stage_dir)
+    problems = [
+        f"{again}: record {again_row}: duplicate id {doc_id!r}, also at {first}: record {first_row}"
+        for doc_id, first, first_row, again, again_row in examples
+    ]
+    if count > len(problems):
+        problems.append(f"{stage_dir.uri}: {count} documents share an id with an earlier one ({len(problems)} listed)")
     return problems
 
 

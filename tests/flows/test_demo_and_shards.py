@@ -1,8 +1,11 @@
 """The demo and shards flows against a real Prefect API and a real local Ray."""
 
+import hashlib
 import json
+import re
 import shutil
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from prefect.client.orchestration import get_client
@@ -65,6 +68,27 @@ def test_shards_flow_fails_on_a_corrupted_stage_and_names_the_file(demo_run, tmp
         shards(ShardsConfig(stage_dir=str(stage)))
     summary = _artifacts(["shards-ingest-summary"])
     assert any("INVALID" in (a.data or "") for a in summary)
+
+
+def test_shards_flow_names_both_places_of_an_id_two_parts_share(demo_run, tmp_path):
+    _, _, root = demo_run
+    stage = tmp_path / "ingest"
+    shutil.copytree(root / "demo" / "ingest", stage)
+    manifest = json.loads((stage / "_manifest.json").read_text().replace(str(root / "demo" / "ingest"), str(stage)))
+    first, second = stage / "c4" / "part-00000.parquet", stage / "c4" / "part-00001.parquet"
+    shared = pq.read_table(first).column("id")[3].as_py()
+    table = pq.read_table(second)
+    ids = table.column("id").to_pylist()
+    ids[5] = shared
+    pq.write_table(table.set_column(0, table.schema.field("id"), pa.array(ids, pa.string())), second, compression="zstd")
+    # The manifest agrees with the changed part: only the shared id is wrong with the stage.
+    part = next(p for p in manifest["parts"] if p["path"] == str(second))
+    part.update(bytes=second.stat().st_size, sha256=hashlib.sha256(second.read_bytes()).hexdigest())
+    (stage / "_manifest.json").write_text(json.dumps(manifest))
+    expected = f"{second}: record 5: duplicate id '{shared}', also at {first}: record 3"
+    with pytest.raises(StageInvalid, match=re.escape(expected)):
+        shards(ShardsConfig(stage_dir=str(stage), scratch_dir=str(tmp_path / "scratch")))
+    assert not list((tmp_path / "scratch").iterdir())
 
 
 def test_shards_flow_on_a_folder_without_manifest(tmp_path, prefect_api, ray_local):
