@@ -35,6 +35,7 @@ import langcodes
 from charset_normalizer import from_bytes
 
 from tasks.documents import BadRecord, Document, make_doc_id
+from tasks.sources import over_size
 from tasks.stage import ShardUnit
 from tasks.steps import Drop
 from tasks.storage import Location, resolve
@@ -90,7 +91,8 @@ class NotABook(ValueError):
 
 @dataclass(frozen=True)
 class BooksReader:
-    max_bytes: int = 256 << 20  # larger than any real e-book: such a file is not one
+    # The file's size, checked before it is read: the largest e-books (Webster's dictionary) are ~30 MB.
+    max_record_bytes: int = 64 << 20
 
     def read(self, unit: ShardUnit) -> Iterator[Document | Drop | BadRecord]:
         if unit.input is None:
@@ -107,8 +109,8 @@ class BooksReader:
         size = location.size()
         if size == 0:
             raise NotABook("empty file")
-        if size > self.max_bytes:
-            raise NotABook(f"{size} bytes, over the {self.max_bytes}-byte limit for one e-book")
+        if size > self.max_record_bytes:
+            raise NotABook(over_size(size, self.max_record_bytes))
         with location.open_input() as raw:
             sample = raw.read(SAMPLE_BYTES)
         candidates = encoding_candidates(sample)

@@ -205,8 +205,8 @@ def test_empty_binary_and_boilerplate_only_files(tmp_path):
     (bad,) = read(binary)
     assert bad.locator == str(binary) and "binary content" in bad.error
     assert read(hollow) == [Drop("books:no_text_after_boilerplate")]
-    (too_big,) = read(hollow, BooksReader(max_bytes=10))
-    assert "over the 10-byte limit" in too_big.error
+    (too_big,) = read(hollow, BooksReader(max_record_bytes=10))
+    assert f"record of {hollow.stat().st_size} bytes, over the max_record_bytes limit of 10" == too_big.error
 
 
 def test_run_shard_writes_the_book_and_quarantines_the_empty_file(tmp_path):
