@@ -30,6 +30,12 @@ class IngestConfig(BaseModel):
     split_bytes: int | None = Field(
         256 << 20, ge=1 << 20, description="Split inputs larger than this into several parts where the format allows"
     )
+    max_record_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Largest record a reader takes (a JSON line, a WARC payload, a page's text, a book file, a "
+        "paper's LaTeX); a larger one is quarantined unread. None: the reader's default (8 MiB; 64 MiB for books, arxiv)",
+    )
     crawl: str | None = Field(None, description="commoncrawl only: a crawl name such as CC-MAIN-2023-23")
     crawl_segments: int | None = Field(None, ge=1, description="With crawl: every WET file of the first N segments")
     crawl_files: int | None = Field(None, ge=1, description="With crawl: the first N WET files of the listing")
@@ -44,8 +50,12 @@ class IngestConfig(BaseModel):
                 raise ValueError("with a crawl, give exactly one of crawl_segments or crawl_files")
         elif not self.inputs:
             raise ValueError(f"ingest of {self.source}: give at least one input file, folder or URI")
-        make_reader(self.source)  # fails now, before any work, for a source without a reader
+        self.reader()  # fails now, before any work, for a source without a reader
         return self
+
+    def reader(self):
+        settings = {} if self.max_record_bytes is None else {"max_record_bytes": self.max_record_bytes}
+        return make_reader(self.source, **settings)
 
 
 class QuarantinedRecords(RuntimeError):
@@ -88,7 +98,7 @@ def describe_inputs(uris: list[str]) -> list[InputFile]:
 def ingest_source(config: IngestConfig, inputs: list[InputFile]) -> dict[str, Any]:
     logger = get_run_logger()
     logger.info("ingesting %d %s inputs on %s", len(inputs), config.source, ensure_ray())
-    reader = make_reader(config.source)
+    reader = config.reader()
     spec = StageSpec(
         root=config.output,
         name=STAGE,

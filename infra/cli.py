@@ -73,6 +73,9 @@ def ingest(
     crawl: Annotated[str | None, typer.Option(help="commoncrawl: a crawl name, e.g. CC-MAIN-2023-23")] = None,
     segments: Annotated[int | None, typer.Option(min=1, help="With --crawl: every WET file of the first N segments")] = None,
     files: Annotated[int | None, typer.Option(min=1, help="With --crawl: the first N WET files")] = None,
+    max_record_bytes: Annotated[
+        int | None, typer.Option(min=1, help="Quarantine records larger than this (default: the reader's own)")
+    ] = None,
 ) -> None:
     """Ingest one source's raw files into document shards (the `ingest` flow).
 
@@ -90,6 +93,7 @@ def ingest(
         crawl=crawl,
         crawl_segments=segments,
         crawl_files=files,
+        max_record_bytes=max_record_bytes,
     )
     _run(ingest_flow, config)
 

@@ -5,7 +5,7 @@ project, or a gzipped single ``.tex``), or one of arXiv's bulk ``.tar`` files of
 Archives are read from the stream in memory, never extracted: a member that is a link, a device
 or has an absolute or ``..`` path makes the paper a :class:`BadRecord`, and so do more than
 ``max_members`` members, more than ``max_unpacked_bytes`` decompressed (a decompression bomb is
-stopped there, not expanded) or more than ``max_tex_bytes`` of LaTeX.
+stopped there, not expanded) or more than ``max_record_bytes`` of LaTeX.
 
 Cleaning follows RedPajama's arxiv_cleaner (see RECIPE.md) on the project's main file with its
 ``\\input``/``\\include`` files inlined: the whole project is skipped when a ``.tex`` file is not
@@ -30,6 +30,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tasks.documents import BadRecord, Document, make_doc_id
+from tasks.sources import over_size
 from tasks.stage import ShardUnit
 from tasks.steps import Drop
 from tasks.storage import resolve
@@ -77,7 +78,7 @@ class NotLatex(Exception):
 class ArxivReader:
     max_unpacked_bytes: int = 1 << 30  # all members of one paper, decompressed (figures included)
     max_members: int = 10_000
-    max_tex_bytes: int = 64 << 20  # the LaTeX of one paper, held in memory, and its inlined text
+    max_record_bytes: int = 64 << 20  # the LaTeX of one paper, held in memory, and its inlined text
 
     def read(self, unit: ShardUnit) -> Iterator[Document | Drop | BadRecord]:
         if unit.input is None:
@@ -116,7 +117,7 @@ class ArxivReader:
 
     def _paper(self, unit: ShardUnit, file_name: str, stream, locator: str) -> Document | Drop | BadRecord:
         try:
-            paper = clean_project(self._load(stream, file_name), self.max_tex_bytes)
+            paper = clean_project(self._load(stream, file_name), self.max_record_bytes)
         except NotLatex:
             return Drop("arxiv:not_latex")
         except BadArchive as exc:
@@ -150,7 +151,7 @@ class ArxivReader:
             if head.startswith((b"%PDF", b"%!PS")):
                 raise NotLatex
             name = file_name.removesuffix(".gz").removesuffix(".tex") + ".tex"
-            raw_files = {name: _read_at_most(unpacked, self.max_tex_bytes, "the gzipped .tex file")}
+            raw_files = {name: _read_at_most(unpacked, self.max_record_bytes, "the gzipped .tex file")}
         return {name: _decode(name, data) for name, data in raw_files.items()}
 
     def _tex_members(self, unpacked: _Bounded) -> dict[str, bytes]:
@@ -172,8 +173,9 @@ class ArxivReader:
                 if not name.lower().endswith(".tex"):
                     continue
                 tex_bytes += member.size
-                if tex_bytes > self.max_tex_bytes:
-                    raise BadArchive(f"more than {self.max_tex_bytes} bytes of LaTeX (at member {current})")
+                if tex_bytes > self.max_record_bytes:
+                    error = over_size(f"at least {tex_bytes}", self.max_record_bytes, "bytes of LaTeX")
+                    raise BadArchive(f"{error} (at member {current})")
                 files[name] = archive.extractfile(member).read()
         except _TooLarge:
             raise BadArchive(f"unpacks past the {self.max_unpacked_bytes}-byte limit (at member {current})") from None
@@ -256,7 +258,7 @@ def _read_at_most(stream, limit: int, what: str) -> bytes:
     while chunk := stream.read(64 << 10):
         total += len(chunk)
         if total > limit:
-            raise BadArchive(f"{what} is over the {limit}-byte limit for LaTeX")
+            raise BadArchive(f"{what}: {over_size(f'more than {limit}', limit, 'bytes of LaTeX')}")
         chunks.append(chunk)
     return b"".join(chunks)
 

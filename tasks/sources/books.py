@@ -13,6 +13,12 @@ e-texts), without the producer credits that open it ("Produced by ...", "This et
 by ..."), and stops at the footer ("*** END OF ...", or from line ``FOOTER_FROM_LINE`` on,
 "End of the Project Gutenberg ..."). The header's Title, Author, Language, Release Date and
 EBook # go into ``meta``.
+
+No rule may take the book with it. Copies without blank lines between paragraphs (CR, CRLF and
+whitespace-only lines are normalised first) make the whole book one "paragraph": a credit is a
+blank-line paragraph of at most ``MAX_CREDIT_LINES`` lines only where text follows it, else the
+lines that continue its first line, and a credit or licence notice that does not end within its
+bound is text and stays.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import langcodes
 from charset_normalizer import from_bytes
 
 from tasks.documents import BadRecord, Document, make_doc_id
+from tasks.sources import over_size
 from tasks.stage import ShardUnit
 from tasks.steps import Drop
 from tasks.storage import Location, resolve
@@ -53,6 +60,20 @@ CREDIT = re.compile(
 # The Shakespeare e-texts repeat a licence notice between these lines throughout the book.
 LEGALESE_START = re.compile(r"^<<THIS ELECTRONIC VERSION OF")
 LEGALESE_END = re.compile(r"SERVICE THAT CHARGES FOR DOWNLOAD")
+# A rule removes boilerplate, never the book: credits and that notice are a handful of lines, so a
+# "credit" or "notice" that would run on past these bounds is text and stays.
+MAX_CREDIT_LINES = 8
+MAX_CREDIT_CHARS = 800
+MAX_CREDIT_LINE_CHARS = 200  # longer is a paragraph set as one line (copies without line wrapping)
+MAX_LEGALESE_LINES = 20  # the notice is 8 lines
+# Without a blank line after it, a credit goes on while the line before is unfinished, the next
+# starts in lower case or inside an open parenthesis, or names the producers' usual places.
+UNFINISHED_LINE = re.compile(r"(?:[,;:&/(-]|\b(?:and|by|the|of|at|from|with|for|to|in|on|de|et|und|von))$")
+CREDIT_WORDS = re.compile(
+    r"proof-?read|distributed|pgdp|https?://|www\.|\bonline\b|\bteam\b|e-?mail|\S@\S|internet archive"
+    r"|librar(?:y|ies)\b|\bimages\b|\bscans\b",
+    re.I,
+)
 
 HEADER_FIELD = re.compile(
     r"^(title|author|language|release date|posting date|character set encoding)\s*:\s*(.*)$", re.I
@@ -70,7 +91,8 @@ class NotABook(ValueError):
 
 @dataclass(frozen=True)
 class BooksReader:
-    max_bytes: int = 256 << 20  # larger than any real e-book: such a file is not one
+    # The file's size, checked before it is read: the largest e-books (Webster's dictionary) are ~30 MB.
+    max_record_bytes: int = 64 << 20
 
     def read(self, unit: ShardUnit) -> Iterator[Document | Drop | BadRecord]:
         if unit.input is None:
@@ -87,8 +109,8 @@ class BooksReader:
         size = location.size()
         if size == 0:
             raise NotABook("empty file")
-        if size > self.max_bytes:
-            raise NotABook(f"{size} bytes, over the {self.max_bytes}-byte limit for one e-book")
+        if size > self.max_record_bytes:
+            raise NotABook(over_size(size, self.max_record_bytes))
         with location.open_input() as raw:
             sample = raw.read(SAMPLE_BYTES)
         candidates = encoding_candidates(sample)
@@ -196,26 +218,85 @@ def split_book(lines: Iterable[str]) -> SplitBook:
     """Cut header and footer at their markers; drop the producer credits that open the text."""
     header: list[str] = []
     body: list[str] = []
-    started = in_legalese = False
+    legalese: list[str] = []  # the lines of a licence notice being skipped, until its end shows
+    started = False
     for number, line in enumerate(lines, 1):
-        line = line.rstrip()
+        line = line.rstrip()  # whitespace-only lines (spaces, tabs, form feeds) are blank
         if number <= HEADER_LINES and START_MARKER.match(line):
-            header += body  # all so far was header (a 1990s e-text may have two start markers)
-            body = []
+            header += body + legalese  # all so far was header (a 1990s e-text may have two start markers)
+            body, legalese = [], []
             started = True
         elif END_MARKER.match(line) or ((started or number >= FOOTER_FROM_LINE) and LATE_END_MARKER.match(line)):
             break  # the rest is the footer and the licence: not even decoded
-        elif LEGALESE_START.match(line) or in_legalese:
-            in_legalese = not LEGALESE_END.search(line)
+        elif legalese or LEGALESE_START.match(line):
+            legalese.append(line)
+            if LEGALESE_END.search(line):
+                legalese = []
+            elif len(legalese) > MAX_LEGALESE_LINES:
+                body += legalese  # no end in sight: not the notice
+                legalese = []
         else:
             body.append(line)
+    body += legalese
     if not started:
         header = body[:HEADER_LINES]  # no marker: the header fields, if any, are in the text itself
-    paragraphs = _paragraphs(body)
-    if started:
-        while paragraphs and CREDIT.match(paragraphs[0][0]):
-            paragraphs.pop(0)
-    return SplitBook(header, "\n\n".join("\n".join(p) for p in paragraphs))
+    else:
+        body = _without_credits(body)
+    return SplitBook(header, "\n\n".join("\n".join(p) for p in _paragraphs(body)))
+
+
+def _without_credits(lines: list[str]) -> list[str]:
+    """The lines after the producer credits that open them (there may be several credits)."""
+    start = _next_text_line(lines, 0)
+    while start < len(lines) and CREDIT.match(lines[start]):
+        end = _credit_end(lines, start)
+        if end is None:
+            break
+        start = _next_text_line(lines, end)
+    return lines[start:]
+
+
+def _next_text_line(lines: list[str], index: int) -> int:
+    while index < len(lines) and not lines[index]:
+        index += 1
+    return index
+
+
+def _credit_end(lines: list[str], start: int) -> int | None:
+    """Where the credit opening at ``start`` ends; None when it would not end within the bounds.
+
+    A short paragraph with text after it is the credit whole. Otherwise the copy may have lost its
+    blank lines, and the paragraph be the whole book: the credit is the lines that continue its first.
+    """
+    paragraph_end = start
+    while paragraph_end < len(lines) and lines[paragraph_end]:
+        paragraph_end += 1
+    paragraph = lines[start:paragraph_end]
+    text_after = _next_text_line(lines, paragraph_end) < len(lines)
+    if text_after and len(paragraph) <= MAX_CREDIT_LINES and sum(map(len, paragraph)) <= MAX_CREDIT_CHARS:
+        return paragraph_end
+    if len(lines[start]) > MAX_CREDIT_LINE_CHARS:
+        return None
+    end = start + 1
+    while end < paragraph_end and _continues_credit(lines[start:end], lines[end]):
+        end += 1
+        if end - start > MAX_CREDIT_LINES or sum(map(len, lines[start:end])) > MAX_CREDIT_CHARS:
+            return None
+    return end
+
+
+def _continues_credit(credit: list[str], line: str) -> bool:
+    if len(line) > MAX_CREDIT_LINE_CHARS:
+        return False
+    opened = "".join(credit)
+    head = line.lstrip()
+    return bool(
+        UNFINISHED_LINE.search(credit[-1])
+        or head[:1].islower()
+        or head.startswith("(")
+        or opened.count("(") > opened.count(")")
+        or CREDIT_WORDS.search(line)
+    )
 
 
 def _paragraphs(lines: list[str]) -> list[list[str]]:

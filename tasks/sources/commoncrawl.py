@@ -9,6 +9,10 @@ Charset of an HTML page, in the order a browser uses: byte-order mark, HTTP Cont
 bytes that are invalid in the charset it declares quarantine the page rather than put U+FFFD into
 the text.
 
+A record whose block is longer than ``max_record_bytes`` (its Content-Length says so before it is
+read) is quarantined without being read, unless its headers already drop it (a video is
+``not_html`` whatever its size); an HTTP payload that decompresses past the bound is too.
+
 Files are read as a stream. A gzip-compressed file is read one gzip member at a time (Common
 Crawl writes one member per record), so a record with a wrong Content-Length costs that record
 only; in an uncompressed file it makes the rest of the file unreadable, which one BadRecord says.
@@ -39,6 +43,7 @@ from w3lib.encoding import html_body_declared_encoding, http_content_type_encodi
 
 from tasks.documents import BadRecord, Document, make_doc_id
 from tasks.language import detect_language
+from tasks.sources import MAX_RECORD_BYTES, over_size
 from tasks.stage import InputFile, ShardUnit
 from tasks.steps import Drop
 from tasks.storage import resolve
@@ -135,12 +140,13 @@ class CommonCrawlReader:
     """One item per response or conversion record of a WARC or WET file (gzip or plain)."""
 
     main_content: bool = True  # False: all visible text of the page, boilerplate included
+    max_record_bytes: int = MAX_RECORD_BYTES  # of one record's block after its HTTP headers
 
     def read(self, unit: ShardUnit) -> Iterator[Item]:
         if unit.input is None:
             raise ValueError(f"{unit.source} part {unit.index}: a Common Crawl unit needs an input file")
         uri = unit.input.uri
-        reader = _FileReader(uri, unit.source, self.main_content)
+        reader = _FileReader(uri, unit.source, self.main_content, self.max_record_bytes)
         if unit.byte_range is None or _whole_file(unit.byte_range, unit.input.size):
             with resolve(uri).open_input() as raw:
                 yield from reader.items(_ByteSource(raw))
@@ -227,10 +233,11 @@ class _FileReader:
     Crawl's own index does (``record at byte 48213``): the same name whatever the split sizes.
     """
 
-    def __init__(self, uri: str, source: str, main_content: bool) -> None:
+    def __init__(self, uri: str, source: str, main_content: bool, max_record_bytes: int) -> None:
         self.uri = uri
         self.source = source
         self.main_content = main_content
+        self.max_record_bytes = max_record_bytes
         self.records = 0  # in the file; in the current gzip member for a split
         self.member_start: int | None = None  # set while reading a split
         self.crawl: str | None = None
@@ -340,6 +347,8 @@ class _FileReader:
         """Read one record's block now (the iterator moves on) and turn it into its item."""
         record_id = record.record_id
         locator = f"{self.uri}:{self._record_label()}" + (f" {record_id}" if record_id else "")
+        if record.content_length > self.max_record_bytes:
+            return _Read(locator, self._over_size(record, locator), "", short=False)
         block = record.reader.read()
         if len(block) < record.content_length:
             error = _short_block(len(block), record.content_length)
@@ -359,19 +368,25 @@ class _FileReader:
             item = BadRecord(locator, str(exc), raw)
         return _Read(locator, item, raw, short=False)
 
+    def _over_size(self, record: WarcRecord, locator: str) -> Item | None:
+        """An over-size record's item, from its headers alone: the fastwarc iterator skips its block."""
+        if not record.record_type & DOCUMENT_RECORDS:
+            return None
+        if record.record_type == WarcRecordType.response:
+            try:
+                if drop := _header_drop(record):
+                    return drop
+            except RecordError as exc:
+                return BadRecord(locator, str(exc), _raw_text(record, record.reader.read(RAW_CHARS)))
+        error = over_size(record.content_length, self.max_record_bytes)
+        return BadRecord(locator, error, _raw_text(record, record.reader.read(RAW_CHARS)))
+
     def _page(self, record: WarcRecord, payload: bytes, provenance: str) -> Document | Drop:
-        if not record.is_http:
-            return Drop(f"{SOURCE}:not_http")
-        status = record.http_headers.status_code
-        if status is None:
-            raise RecordError(f"no HTTP status line: {record.http_headers.status_line!r}")
-        if status != 200:
-            return Drop(f"{SOURCE}:http_{status}")
+        if drop := _header_drop(record):
+            return drop
         content_type = record.http_headers.get("Content-Type")
         mime = _mime(content_type) or _mime(record.headers.get("WARC-Identified-Payload-Type"))
-        if mime not in HTML_TYPES:
-            return Drop(f"{SOURCE}:not_html")
-        payload = _undo_http_encodings(record.http_headers, payload)
+        payload = _undo_http_encodings(record.http_headers, payload, self.max_record_bytes)
         if not payload.strip():
             return Drop(f"{SOURCE}:empty")
         truncated = "WARC-Truncated" in record.headers
@@ -423,6 +438,21 @@ class _FileReader:
         return Document(id=make_doc_id(SOURCE, key), source=self.source, text=text, meta=meta)
 
 
+def _header_drop(record: WarcRecord) -> Drop | None:
+    """The drop a response's WARC and HTTP headers decide on, before its payload is read."""
+    if not record.is_http:
+        return Drop(f"{SOURCE}:not_http")
+    status = record.http_headers.status_code
+    if status is None:
+        raise RecordError(f"no HTTP status line: {record.http_headers.status_line!r}")
+    if status != 200:
+        return Drop(f"{SOURCE}:http_{status}")
+    mime = _mime(record.http_headers.get("Content-Type")) or _mime(record.headers.get("WARC-Identified-Payload-Type"))
+    if mime not in HTML_TYPES:
+        return Drop(f"{SOURCE}:not_html")
+    return None
+
+
 def decode_html(payload: bytes, content_type: str | None, truncated: bool = False) -> tuple[str, str, str]:
     """Decode an HTML payload: returns (html, Python codec name, where the charset came from).
 
@@ -455,8 +485,11 @@ def decode_html(payload: bytes, content_type: str | None, truncated: bool = Fals
     raise RecordError("bytes invalid in the page's charset: " + "; ".join(errors))
 
 
-def _undo_http_encodings(http_headers: HeaderMap, payload: bytes) -> bytes:
-    """Common Crawl stores payloads decoded; other crawlers keep chunking and compression."""
+def _undo_http_encodings(http_headers: HeaderMap, payload: bytes, max_bytes: int) -> bytes:
+    """Common Crawl stores payloads decoded; other crawlers keep chunking and compression.
+
+    Decompression stops past ``max_bytes``: a small compressed payload may inflate without end.
+    """
     try:
         if "chunked" in (http_headers.get("Transfer-Encoding") or "").lower():
             payload = ChunkedReader(io.BytesIO(payload)).read()
@@ -464,7 +497,9 @@ def _undo_http_encodings(http_headers: HeaderMap, payload: bytes) -> bytes:
         for encoding in reversed([e for e in encodings if e and e != "identity"]):
             if encoding not in CONTENT_DECODERS:
                 raise RecordError(f"unsupported HTTP Content-Encoding {encoding!r}")
-            payload = CONTENT_DECODERS[encoding](io.BytesIO(payload)).read()
+            payload = CONTENT_DECODERS[encoding](io.BytesIO(payload)).read(max_bytes + 1)
+            if len(payload) > max_bytes:
+                raise RecordError(over_size(f"more than {max_bytes}", max_bytes, "bytes once decoded"))
     except OSError as exc:
         raise RecordError(f"HTTP payload does not decode: {exc}") from exc
     return payload

@@ -1,7 +1,8 @@
 """JSON-lines documents (optionally gzip-compressed): one object per line with a text field.
 
 A line that is not a JSON object, or lacks a string text, becomes a :class:`BadRecord` naming the
-file and line; the other fields go into ``meta``.
+file and line; the other fields go into ``meta``. So does a line longer than ``max_record_bytes``:
+lines are read with that bound, and the rest of a longer one is skipped, never held.
 """
 
 from __future__ import annotations
@@ -13,14 +14,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tasks.documents import BadRecord, Document, make_doc_id
+from tasks.shards import RAW_EXCERPT_CHARS
+from tasks.sources import MAX_RECORD_BYTES, over_size
 from tasks.stage import ShardUnit
 from tasks.storage import resolve
+
+SKIP_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
 class JsonlReader:
     text_field: str = "text"
     key_field: str = "url"  # the natural key the document id derives from
+    max_record_bytes: int = MAX_RECORD_BYTES  # of one line, without its line end
 
     def read(self, unit: ShardUnit) -> Iterator[Document | BadRecord]:
         if unit.input is None:
@@ -31,9 +37,15 @@ class JsonlReader:
             stream = gzip.GzipFile(fileobj=raw) if location.path.endswith(".gz") else raw
             lines = io.BufferedReader(stream)
             try:
-                for number, line in enumerate(lines, 1):
-                    if line.strip():
-                        yield self._parse(unit, f"{unit.input.uri}:line {number}", line)
+                while line := lines.readline(self.max_record_bytes + 1):
+                    number += 1
+                    locator = f"{unit.input.uri}:line {number}"
+                    if len(line) > self.max_record_bytes and not line.endswith(b"\n"):
+                        size = len(line) + _skip_line(lines)
+                        excerpt = line[:RAW_EXCERPT_CHARS].decode("utf-8", errors="backslashreplace")
+                        yield BadRecord(locator, over_size(size, self.max_record_bytes), excerpt)
+                    elif line.strip():
+                        yield self._parse(unit, locator, line)
             except (OSError, EOFError) as exc:  # truncated or corrupt compression: the rest is unreadable
                 yield BadRecord(f"{unit.input.uri}:after line {number}", f"unreadable input: {exc}", "")
 
@@ -57,3 +69,13 @@ class JsonlReader:
         meta = dict(record)
         meta["provenance"] = locator
         return Document(id=make_doc_id(unit.source, key), source=unit.source, text=text, meta=meta)
+
+
+def _skip_line(lines: io.BufferedReader) -> int:
+    """Read past the end of the current line, a chunk at a time; the bytes skipped, line end excluded."""
+    skipped = 0
+    while chunk := lines.readline(SKIP_CHUNK):
+        if chunk.endswith(b"\n"):
+            return skipped + len(chunk) - 1
+        skipped += len(chunk)
+    return skipped

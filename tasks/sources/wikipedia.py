@@ -17,7 +17,8 @@ Every ``<page>`` yields exactly one item:
   ``wikipedia:redirect``, ``wikipedia:text_deleted``, ``wikipedia:not_wikitext``,
   ``wikipedia:empty_text``);
 - a :class:`BadRecord` for a page that cannot be read (no title, no id, no text element), naming
-  the file, the page number and its title and id where known.
+  the file, the page number and its title and id where known; also for a page holding more than
+  ``max_record_bytes`` characters (title, text, all), which the parser stops keeping at that bound.
 
 A compressed stream that ends early or XML that stops being well-formed leaves the rest of the
 file unreadable: one BadRecord says so, naming the position.
@@ -42,6 +43,9 @@ from typing import Any
 from urllib.parse import quote
 
 from tasks.documents import BadRecord, Document, make_doc_id
+from tasks.shards import RAW_EXCERPT_CHARS
+from tasks.sources import MAX_RECORD_BYTES, over_size
+from tasks.sources.wiki_xml import OVER_SIZE, PageParser
 from tasks.sources.wikitext import WikitextCleaner
 from tasks.stage import InputFile, ShardUnit
 from tasks.steps import Drop
@@ -62,6 +66,7 @@ READ_CHUNK = 1 << 20
 SCAN_WINDOW = 1 << 20
 PROBE_PIECE = 64 << 10
 PROBE_OUTPUT = 64
+XML_PIECE = 64 << 10
 
 DUMP_NAME = re.compile(r"^([a-z][a-z0-9_]*?)wiki-")
 # Old dumps mark redirects only in the text: '#REDIRECT [[Target]]' or a localised magic word.
@@ -84,6 +89,7 @@ class WikipediaReader:
     """Reads one MediaWiki XML dump file per shard unit; see the module docstring."""
 
     languages: tuple[str, ...] = LLAMA_LANGUAGES
+    max_record_bytes: int = MAX_RECORD_BYTES  # characters in one page (at least as many bytes)
 
     def __post_init__(self) -> None:
         if not self.languages:
@@ -172,7 +178,14 @@ class _DumpParse:
         self.pages_seen = 0  # in the file; in the current stream for a split
 
     def pages(self, stream: Any) -> Iterator[Document | Drop | BadRecord]:
-        yield from self._items(ET.iterparse(stream, events=("start", "end")))
+        yield from self._items(self._file_events(PageParser(self.reader.max_record_bytes), stream))
+
+    def _file_events(self, parser: PageParser, stream: Any) -> Iterator[tuple[str, ET.Element]]:
+        while piece := stream.read(XML_PIECE):
+            parser.feed(piece)
+            yield from parser.read_events()
+        parser.close()
+        yield from parser.read_events()
 
     def split_pages(self, raw: Any, probe: Any, start: int, end: int) -> Iterator[Document | Drop | BadRecord]:
         """The pages of the streams that start in [start, end), parsed after the dump's header.
@@ -186,12 +199,12 @@ class _DumpParse:
         position = 0 if start == 0 else _next_stream(probe, start)
         if position is None or position >= end:
             return
-        parser = ET.XMLPullParser(events=("start", "end"))
+        parser = PageParser(self.reader.max_record_bytes)
         if start > 0:
             yield from self._items(self._header_events(parser, _Bz2Streams(raw, 0)))
         yield from self._items(self._stream_events(parser, _Bz2Streams(raw, position), probe, end))
 
-    def _header_events(self, parser: ET.XMLPullParser, streams: _Bz2Streams) -> Iterator[tuple[str, ET.Element]]:
+    def _header_events(self, parser: PageParser, streams: _Bz2Streams) -> Iterator[tuple[str, ET.Element]]:
         header = b""
         for piece in streams.stream():
             header += piece
@@ -201,7 +214,7 @@ class _DumpParse:
         yield from parser.read_events()
 
     def _stream_events(
-        self, parser: ET.XMLPullParser, streams: _Bz2Streams, probe: Any, end: int
+        self, parser: PageParser, streams: _Bz2Streams, probe: Any, end: int
     ) -> Iterator[tuple[str, ET.Element]]:
         while not streams.at_end():
             if streams.offset >= end and _starts_stream(probe, streams.offset):
@@ -267,12 +280,18 @@ class _DumpParse:
 
     def _page(self, page: ET.Element) -> Document | Drop | BadRecord:
         locator = f"{self.uri}:{self._page_name(self.pages_seen)}{_page_label_of(page, self.ns)}"
+        chars = page.attrib.pop(OVER_SIZE, None)
         try:
-            return self._page_item(page, locator)
+            return self._page_item(page, locator, None if chars is None else int(chars))
+        except _OverSizePage as exc:
+            for element in page.iter():
+                element.text = element.text and element.text[:RAW_EXCERPT_CHARS]
+            error = over_size(exc.chars, self.reader.max_record_bytes, "characters in the page")
+            return BadRecord(locator, error, _raw_page(page)[:RAW_EXCERPT_CHARS])
         except _BadPage as exc:
             return BadRecord(locator, str(exc), _raw_page(page))
 
-    def _page_item(self, page: ET.Element, locator: str) -> Document | Drop:
+    def _page_item(self, page: ET.Element, locator: str, over_size_chars: int | None) -> Document | Drop:
         ns = self.ns
         title = page.findtext(ns + "title")
         if not title:
@@ -293,6 +312,8 @@ class _DumpParse:
             return Drop(f"{SOURCE}:text_deleted")
         if revision.findtext(ns + "model", "wikitext") != "wikitext":
             return Drop(f"{SOURCE}:not_wikitext")
+        if over_size_chars is not None:  # a page the recipe drops anyway is dropped above, whatever its size
+            raise _OverSizePage(over_size_chars)
         wikitext = text_element.text or ""
         if REDIRECT_TEXT.match(wikitext):
             return Drop(f"{SOURCE}:redirect")
@@ -408,6 +429,12 @@ class _BadPage(ValueError):
 
 class _NotADump(ValueError):
     pass
+
+
+class _OverSizePage(Exception):
+    def __init__(self, chars: int) -> None:
+        super().__init__(chars)
+        self.chars = chars
 
 
 def _integer(value: str | None, what: str) -> int:

@@ -7,6 +7,11 @@ Project Gutenberg Etext" footer); an e-book that is all boilerplate; an empty fi
 use CRLF line ends, trailing spaces and runs of blank lines that the reader must normalise.
 :func:`expected_books` gives, for the same seed, what each file must become.
 
+:func:`shaped_book` lays one e-book out in each of the shapes copies of Gutenberg files come in
+(no blank lines between paragraphs, CR or CRLF line ends, separator lines holding only spaces,
+tabs or form feeds), opening with one of :data:`CREDITS` (real credits' shapes, 1 to 5 lines) and
+with a paragraph inside the text that starts like a credit and is text.
+
 Deterministic for a seed: the same call writes byte-identical files.
 """
 
@@ -124,6 +129,30 @@ End of The Project Gutenberg Etext of {title}
 """
 
 
+# Shaped as real producer credits are: wrapped where the credit says "and the", "Distributed", a
+# first name, inside a parenthesis; followed by an all-capitals title or a chapter heading.
+CREDITS = (
+    "Produced by Aloysius",
+    "Produced by Rick Niles, Melissa Er-Raqabi, Ronald Holder and the\n"
+    "Online Distributed Proofreading Team at http://www.pgdp.net",
+    "Transcribed from the 1908 Longmans, Green, and Co. edition by David\nPrice, email ccx074@pglaf.org",
+    "Produced by Chuck Greif and the Online Distributed\n"
+    "Proofreading Team at http://www.pgdp.net (This file was\n"
+    "produced from images available at The Internet Archive)",
+    "E-text prepared by Juliet Sutherland, Sankar Viswanathan,\n"
+    "and the Project Gutenberg Online Distributed Proofreading Team\n"
+    "(http://www.pgdp.net) from page images generously made available\n"
+    "by Internet Archive/American Libraries",
+    "This eBook was produced by Marie Dupont, Jean Martin,\n"
+    "the Bibliotheque nationale de France (BnF/Gallica) and\n"
+    "the Online Distributed Proofreading Team at\n"
+    "http://www.pgdp.net (This file was produced from images\n"
+    "generously made available by Gallica)",
+)
+SHAPES = ("blank_lines", "crlf", "cr", "whitespace_lines", "form_feeds", "no_blank_lines", "no_blank_lines_crlf")
+CREDIT_LIKE_PARAGRAPH = "Produced by the river and the winter, the garden\nwas quiet that morning."
+
+
 @dataclass(frozen=True)
 class ExpectedBook:
     """What one file must become."""
@@ -221,3 +250,35 @@ def _boilerplate_only(rng: random.Random) -> tuple[ExpectedBook, bytes]:
     names = {"title": "Nothing Here", "author": "Nobody", "subtitle": "", "number": number, "upper": "NOTHING HERE"}
     raw = MODERN_HEADER.format(**names) + MODERN_FOOTER.format(**names) + LICENCE.format(**names)
     return ExpectedBook(f"pg{number}.txt", DROPPED), raw.encode("ascii")
+
+
+def shaped_book(shape: str, credit: str, seed: int = 0) -> tuple[bytes, str]:
+    """An e-book opening with ``credit``, laid out in ``shape``, and the exact text it must become.
+
+    Without blank lines the paragraphs cannot be told apart: the text is their lines, one after another.
+    """
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; shapes: {SHAPES}")
+    rng = random.Random(seed)
+    paragraphs = _paragraphs(rng, PLAIN, 24)
+    paragraphs.insert(5, CREDIT_LIKE_PARAGRAPH)
+    if seed % 2:
+        paragraphs.insert(0, "THE QUIET RIVER\nA Tale")  # a title page, as most books open
+    names = {"title": "The Quiet River", "author": "Ann Example", "number": 30000 + rng.randrange(10000)}
+    names.update(subtitle="", upper=names["title"].upper())
+    header = MODERN_HEADER.format(**names).split("Produced by")[0].replace("Language: French", "Language: English")
+    body = credit + "\n\n\n" + _typeset(paragraphs)
+    lines = (header + body + MODERN_FOOTER.format(**names) + LICENCE.format(**names)).split("\n")
+    if shape.startswith("no_blank_lines"):
+        lines = [line for line in lines if line.strip()]
+    elif shape == "whitespace_lines":
+        lines = [line or " \t " for line in lines]
+    elif shape == "form_feeds":
+        lines = [line or "\f" for line in lines]
+    raw = "\n".join(lines)
+    if shape.endswith("crlf"):
+        raw = _crlf(raw)
+    elif shape == "cr":
+        raw = raw.replace("\n", "\r")
+    separator = "\n" if shape.startswith("no_blank_lines") else "\n\n"
+    return raw.encode("utf-8"), separator.join(paragraphs)

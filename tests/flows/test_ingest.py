@@ -1,5 +1,7 @@
 """The ingest flow on the Prefect harness and local Ray, with C4's synthetic inputs."""
 
+import json
+
 import pytest
 from pydantic import ValidationError
 
@@ -38,3 +40,16 @@ def test_crawl_options_are_checked_before_any_work():
     with pytest.raises(ValidationError, match="for the commoncrawl source"):
         IngestConfig(source="c4", crawl="CC-MAIN-2023-23", crawl_files=1)
     assert IngestConfig(source="commoncrawl", crawl="CC-MAIN-2023-23", crawl_segments=2).inputs == []
+
+
+def test_max_record_bytes_reaches_the_reader_and_the_over_size_record_is_counted(tmp_path, prefect_api, ray_local):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    lines = [json.dumps({"url": f"https://example.com/{n}", "text": "word " * words}) for n, words in enumerate((10, 400, 10))]
+    (raw / "c4-train.00000-of-01024.json").write_text("\n".join(lines) + "\n")
+    config = IngestConfig(source="c4", inputs=[str(raw)], output=str(tmp_path / "out"), max_record_bytes=1000)
+    assert config.reader().max_record_bytes == 1000
+    totals = ingest(config)["totals"]["by_source"]["c4"]
+    assert (totals["docs_in"], totals["kept"], totals["dropped_total"], totals["quarantined"]) == (3, 2, 0, 1)
+    with pytest.raises(ValidationError):
+        IngestConfig(source="c4", inputs=[str(raw)], max_record_bytes=0)

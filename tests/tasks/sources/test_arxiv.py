@@ -203,19 +203,19 @@ def test_hostile_or_useless_archives_are_quarantined_naming_the_member(tmp_path,
 
 
 def test_decompression_bombs_stop_at_the_limit(tmp_path):
-    reader = ArxivReader(max_unpacked_bytes=1 << 20, max_tex_bytes=1 << 16, max_members=5)
+    reader = ArxivReader(max_unpacked_bytes=1 << 20, max_record_bytes=1 << 16, max_members=5)
     lying = tmp_path / "declared.tar.gz"  # the header declares the size: refused before any of it is read
     lying.write_bytes(gz(tar_with((member("main.tex"), PAPER), (member("zeros.bin"), bytes(2 << 20)))))
     assert "'zeros.bin' unpacks past the 1048576-byte limit" in read(lying, reader)[0].error
     single = tmp_path / "2101.00004.gz"
     single.write_bytes(gz(b"\\section{x}" + bytes(4 << 20)))  # 4 MiB of zeros in a 4 KiB file
-    assert "over the 65536-byte limit for LaTeX" in read(single, reader)[0].error
+    assert "more than 65536 bytes of LaTeX, over the max_record_bytes limit of 65536" in read(single, reader)[0].error
     many = tmp_path / "many.tar.gz"
     many.write_bytes(gz(tar_with(*[(member(f"f{n}.tex"), b"x") for n in range(6)])))
     assert "more than 5 members" in read(many, reader)[0].error
     too_much_tex = tmp_path / "tex.tar.gz"
     too_much_tex.write_bytes(gz(tar_with((member("a.tex"), PAPER), (member("b.tex"), b"%" * 70_000))))
-    assert "more than 65536 bytes of LaTeX" in read(too_much_tex, reader)[0].error
+    assert "bytes of LaTeX, over the max_record_bytes limit of 65536 (at member 'b.tex')" in read(too_much_tex, reader)[0].error
     endless = tmp_path / "endless.gz"
     endless.write_bytes(gz(b"\\section{x}" + bytes(3 << 20)))
     assert "unpacks past the 1048576-byte limit" in read(endless, ArxivReader(max_unpacked_bytes=1 << 20))[0].error

@@ -10,7 +10,7 @@ from tasks.shards import part_location, quarantine_location
 from tasks.sources.books import BooksReader, encoding_candidates, language_code, release_date, split_book
 from tasks.stage import InputFile, ShardUnit, StageSpec, run_shard
 from tasks.steps import Drop
-from tasks.synthetic.books import BAD, DOCUMENT, expected_books, write_inputs
+from tasks.synthetic.books import BAD, CREDITS, DOCUMENT, SHAPES, expected_books, shaped_book, write_inputs
 
 CORPORA = Path(__file__).resolve().parents[3] / ".." / "shared" / "corpora"
 BOILERPLATE = re.compile(
@@ -146,6 +146,55 @@ def test_markers_only_count_where_they_may():
     assert split_book(credits).text == "Text.\n\nProduced by the sun."
 
 
+CREDIT_IDS = [f"credit{n}-{len(c.splitlines())}-lines" for n, c in enumerate(CREDITS)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("credit", CREDITS, ids=CREDIT_IDS)
+def test_the_credit_goes_and_the_book_stays_in_every_shape(tmp_path, shape, credit):
+    for seed in (0, 1):  # seed 1 opens with a title page, seed 0 with a chapter heading
+        raw, expected = shaped_book(shape, credit, seed)
+        path = tmp_path / f"pg{seed}.txt"
+        path.write_bytes(raw)
+        (doc,) = read(path)
+        assert isinstance(doc, Document), (shape, doc)
+        assert doc.text == expected
+
+
+@pytest.mark.parametrize("credit", CREDITS, ids=CREDIT_IDS)
+def test_a_book_reads_the_same_with_and_without_blank_lines(tmp_path, credit):
+    texts = set()
+    for shape in SHAPES:
+        path = tmp_path / f"{shape}.txt"
+        path.write_bytes(shaped_book(shape, credit, seed=1)[0])
+        (doc,) = read(path)
+        texts.add(doc.text.replace("\n\n", "\n"))
+    assert len(texts) == 1 and "Produced by the river" in texts.pop()
+
+
+def test_a_small_book_without_blank_lines_is_not_taken_for_its_credit():
+    start = "*** START OF THE PROJECT GUTENBERG EBOOK X ***"
+    lines = [start, "Produced by A and the Online Distributed", "Proofreading Team at http://www.pgdp.net", "CHAPTER I", "It was night.", "The end."]
+    assert split_book(lines).text == "CHAPTER I\nIt was night.\nThe end."
+    # Where a blank line closes it, a short credit paragraph goes whole, whatever its lines say.
+    assert split_book([start, "Produced by David Widger", "HTML version by Al Haines", "", "Text."]).text == "Text."
+    # A credit-like opening that never ends within a credit's few lines is the book's prose: it stays.
+    prose = ["Produced by the labour of many hands, the cathedral rose over", *["and the town below it,"] * 20, "and it was done."]
+    assert split_book([start, *prose]).text == "\n".join(prose)
+    # One paragraph per line, no blank lines: a long line is a paragraph, not more of the credit.
+    long_line = "The online edition of this text, " + "which goes on and on, " * 20 + "ends here."
+    assert split_book([start, "Produced by A. Person", long_line, "More."]).text == f"{long_line}\nMore."
+    assert split_book([start, "Produced by A and the Online", "Distributed Proofreaders"]).text == ""  # nothing but a credit
+
+
+def test_the_licence_notice_inside_the_text_goes_only_where_it_ends():
+    start = "*** START OF THE PROJECT GUTENBERG EBOOK X ***"
+    notice = ["<<THIS ELECTRONIC VERSION OF THE COMPLETE WORKS OF WILLIAM", "SHAKESPEARE IS COPYRIGHT 1990-1993", "SERVICE THAT CHARGES FOR DOWNLOAD TIME OR FOR MEMBERSHIP.>>"]
+    assert split_book([start, "ACT I", *notice, "Enter Hamlet.", "", "ACT II"]).text == "ACT I\nEnter Hamlet.\n\nACT II"
+    unterminated = [start, "ACT I", notice[0], *[f"Line {n} of the play." for n in range(40)]]
+    assert split_book(unterminated).text == "\n".join(unterminated[1:])
+
+
 def test_empty_binary_and_boilerplate_only_files(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_bytes(b"")
@@ -156,8 +205,8 @@ def test_empty_binary_and_boilerplate_only_files(tmp_path):
     (bad,) = read(binary)
     assert bad.locator == str(binary) and "binary content" in bad.error
     assert read(hollow) == [Drop("books:no_text_after_boilerplate")]
-    (too_big,) = read(hollow, BooksReader(max_bytes=10))
-    assert "over the 10-byte limit" in too_big.error
+    (too_big,) = read(hollow, BooksReader(max_record_bytes=10))
+    assert f"record of {hollow.stat().st_size} bytes, over the max_record_bytes limit of 10" == too_big.error
 
 
 def test_run_shard_writes_the_book_and_quarantines_the_empty_file(tmp_path):
@@ -175,7 +224,7 @@ def test_run_shard_writes_the_book_and_quarantines_the_empty_file(tmp_path):
 
 
 @pytest.mark.skipif(not CORPORA.is_dir(), reason=f"real sample corpora not found at {CORPORA}")
-def test_real_gutenberg_books_ingest_without_licence_text():
+def test_real_gutenberg_books_ingest_without_licence_text(tmp_path):
     paths = sorted((CORPORA / "books").glob("pg*.txt"))
     assert len(paths) == 6
     for path in paths:
@@ -190,6 +239,11 @@ def test_real_gutenberg_books_ingest_without_licence_text():
         assert "\r" not in doc.text and "\ufffd" not in doc.text
         assert not re.search(r"[\x80-\x9f]", doc.text), path  # no C1 controls: Windows quotes decoded
         assert doc.text == doc.text.strip() and "\n\n\n" not in doc.text
+        # The same book as copies without blank lines between paragraphs have it: only the breaks differ.
+        flat = tmp_path / path.name
+        flat.write_bytes(b"\n".join(line for line in path.read_bytes().splitlines() if line.strip()))
+        (flat_doc,) = read(flat)
+        assert flat_doc.text == doc.text.replace("\n\n", "\n"), path
     (dutch,) = read(CORPORA / "books" / "pg24675.txt")
     assert dutch.meta["language"] == "nl" and dutch.meta["author"].startswith("Gabriël")
     assert "GABRIËL" in dutch.text and "één" in dutch.text
