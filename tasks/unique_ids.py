@@ -260,7 +260,7 @@ def rewrite_part(job: RewriteJob) -> PartReceipt:
             doc.id = new_ids.get(row, doc.id)
             writer.write(doc)
     receipt_at = receipt_location(stage_dir, job.source, job.index)
-    receipt = PartReceipt.load(receipt_at)
+    receipt = PartReceipt(**receipt_at.read_json())
     receipt.bytes = staged.size()
     receipt.sha256 = sha256_of(staged)
     receipt.ids_disambiguated = len(new_ids)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from tasks.documents import Document
-from tasks.executor import run_each
+from tasks.executor import mark, run_each
 from tasks.stage import ShardUnit, StageSpec, run_shard, write_manifest
 from tasks.unique_ids import MAX_EXAMPLES, buckets_of, find_duplicate_ids
 from tasks.validate import check_part, check_stage_level, check_unique_ids
@@ -29,7 +29,9 @@ def hand_made_stage(tmp_path, ids_by_part):
     spec = StageSpec(root=str(tmp_path), name="ingest", reader=FixedIds(ids_by_part))
     units = [ShardUnit("toy", n) for n in range(len(ids_by_part))]
     receipts = [run_shard(spec, unit) for unit in units]
-    return spec, write_manifest(spec, units, receipts, 0.0)
+    manifest = write_manifest(spec, units, receipts, 0.0)
+    mark(spec.stage_dir, {"toy": spec.fingerprint()})
+    return spec, manifest
 
 
 def test_a_duplicate_id_across_two_parts_fails_naming_both(tmp_path, ray_local):

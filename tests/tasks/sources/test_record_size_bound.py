@@ -31,7 +31,7 @@ from tasks.stage import InputFile, ShardUnit, StageSpec
 from tasks.steps import Drop
 from tasks.synthetic import commoncrawl as synthetic_commoncrawl
 from tasks.synthetic import wikipedia as synthetic_wikipedia
-from tests.tasks.sources import split_invariant
+from tests.helpers import split_invariant
 
 HUGE = 64 << 20
 LIMIT = 1 << 20
