@@ -123,7 +123,10 @@ def datatrove_kept_for(raw: Path, remove: Path) -> dict[str, str]:
     ``NNNNNN.clusters`` (row, cluster id) of each reader rank. With one task per file its reader
     gives rank r the r-th of the sorted input paths, and a row is a line of that file."""
     paths = sorted(raw.glob("*/*.jsonl.gz"), key=lambda p: str(p.relative_to(raw)))
-    keys = [[json.loads(line)["url"] for line in gzip.open(path, "rt")] for path in paths]
+    keys = []
+    for path in paths:
+        with gzip.open(path, "rt") as lines:
+            keys.append([json.loads(line)["url"] for line in lines])
     cluster_of, dropped = {}, set()
     for rank, rank_keys in enumerate(keys):
         removed, clusters = remove / f"{rank:06d}.remove", remove / f"{rank:06d}.clusters"

@@ -95,12 +95,12 @@ class MinHashConfig:
     # verified pairs (see the module docstring). How the work is split, not what it computes.
     cluster_partitions: int = 4
     verify: bool = True  # drop candidate pairs whose estimated Jaccard is clearly under the threshold
-    # Verification is a one-sided binomial test on the equal hash values of a candidate pair: it
-    # drops the pair when a similarity at the threshold would give so few with at most this
-    # probability. The estimate's error at 128 permutations is about 0.035, so dropping every
-    # estimate under the threshold (0.5 here) throws away a quarter of the banded pairs at exactly
-    # the threshold and one in eight at 0.82; 0.01 drops those far under it (the bands' chance
-    # collisions: at 0.8 and 128 permutations, 95% of those at 0.6) and almost no true pair.
+    # Verification is a one-sided binomial test on a candidate pair's equal hash values: it drops
+    # the pair when a similarity at the threshold gives so few with at most this probability (see
+    # min_agreeing). The estimate's error at 128 permutations is about 0.035: dropping every pair
+    # estimated under the threshold (0.5, the rule before) throws away a quarter of the banded
+    # pairs at exactly the threshold and one in eight at 0.82; 0.01 drops almost no pair at or
+    # above it and still 95% of the bands' chance collisions at 0.6 (threshold 0.8, 128 permutations).
     verify_false_rejection: float = 0.01
     # Weight of missed pairs in the band search (false positives weigh 1 - this). 0.5 gives the
     # RedPajama table, whose LSH finds a pair at exactly the threshold only ~40% of the time;

@@ -144,7 +144,7 @@ class DedupQuality:
     removable = the sum over true clusters of (size - 1), what a perfect dedup drops. Pairs: two
     documents in one cluster of the run form a predicted pair, two in one true cluster a true pair;
     ``pair_precision`` and ``pair_recall`` are the usual ratios of the two sets. ``joined_by_edit_rate``:
-    for each edit rate under the bound, the share of its variants the run put with their original.
+    for each edit rate up to the bound, the share of its variants the run put with their original.
     """
 
     dropped: int
@@ -163,7 +163,8 @@ class DedupQuality:
 
 
 def score(corpus: NearDuplicateCorpus, kept_for: Mapping[str, str], max_edit_rate: float) -> DedupQuality:
-    """``kept_for``: each dropped document's key -> the key of the kept document it duplicates."""
+    """``kept_for``: each dropped document's key -> the key of the kept document it duplicates;
+    ``max_edit_rate``: the most edited variant that still counts as a duplicate of its original."""
     keys = {d.key for d in corpus.documents}
     for dropped, kept in kept_for.items():
         if dropped not in keys or kept not in keys:
