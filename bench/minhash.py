@@ -1,16 +1,25 @@
-"""MinHash dedup throughput (documents/s end to end) and the clustering stage's peak memory.
+"""MinHash dedup: throughput (documents/s end to end) and quality of ours and datatrove's, and the
+clustering stage's peak memory.
 
-Run by hand: ``.venv/bin/python bench/minhash.py [--families 3000 --unrelated 10000 --parts 8]``.
+Run by hand: ``.venv/bin/python bench/minhash.py [--families 3000 --unrelated 5000 --sites 500]``.
 With ``--datatrove DIR`` (a throwaway ``pip install --target DIR datatrove``, never the shared
-venv) it also runs datatrove's four MinHash stages on the same files with the same shingles
-(word 5-grams), permutations and bands, each stage in a subprocess with DIR on PYTHONPATH.
-datatrove's English word tokenizer needs NLTK data that cannot be downloaded here, so its
-signature stage gets a whitespace tokenizer: the synthetic text is words and one final period.
+venv; ``DATATROVE_DIR`` in the environment does the same) it also runs datatrove's four MinHash
+stages on the same files with the same shingles (word 5-grams), bands and rows, each stage in a
+subprocess with DIR on PYTHONPATH. datatrove's English word tokenizer needs NLTK data that
+cannot be downloaded here, so its signature stage gets a whitespace tokenizer: the synthetic
+text is words and one final period.
 
 Three measurements:
 
-1. End to end on one corpus whose families are near-copies (many duplicate pairs): seconds and
-   documents/s of ours and of datatrove's pipeline, and their ratio.
+1. End to end on one corpus (:mod:`tasks.synthetic.near_duplicates`): families of an original
+   and nine variants at 0-3% word edits, unrelated documents, and site pages that share their
+   site's boilerplate (word 5-gram Jaccard about 0.47-0.72: near misses, distinct documents).
+   Seconds and documents/s of ours and of datatrove's pipeline, their ratio, and for each the
+   quality against how the corpus was made (:func:`~tasks.synthetic.near_duplicates.score`:
+   every variant of a family is a duplicate of its original, nothing else is a duplicate of
+   anything): precision and recall over dropped documents and over pairs, and the share of each
+   edit rate's variants put with their original. Ours comes from its audit file (dropped id ->
+   kept id), datatrove's from its ``.remove`` and ``.clusters`` files.
 2. The clustering stage's memory on that corpus's verified pairs, for each ``--partitions``:
    the largest clustering task's peak RSS. Ours runs as Ray tasks in reused worker processes,
    so each task resets its process's peak (``/proc/self/clear_refs``) and reports the peak and
@@ -24,6 +33,7 @@ Three measurements:
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import random
@@ -35,11 +45,17 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# Families of near-copies (Jaccard of word 5-grams about 0.9 and above at 1-3% edits): every
-# member is a duplicate at threshold 0.8, so a family of ten gives nine dropped documents.
+# Families of near-copies: three exact copies and six edited ones. An edit rewrites up to five
+# word 5-grams, so the Jaccard to the original is about 0.91 at 1% edits, 0.84 at 2% and 0.76 at
+# 3% (0.73-0.81): the last mostly sit under the 0.8 threshold, and the bands (9 x 13) find a pair
+# at 0.76 a fifth of the time. By how they were made all nine are duplicates: a family of ten
+# gives nine to drop.
 DUPLICATE_EDIT_RATES = (0.0, 0.0, 0.0, 0.01, 0.01, 0.01, 0.02, 0.02, 0.03)
+NEAR_COPY_EDIT_RATE = max(DUPLICATE_EDIT_RATES)
 
 DATATROVE_SCRIPT = textwrap.dedent(
     """
@@ -74,7 +90,7 @@ DATATROVE_SCRIPT = textwrap.dedent(
                                                     tasks=tasks, workers=2, logging_dir=f"{work}/logs/1"),
         "buckets": lambda: LocalPipelineExecutor([MinhashDedupBuckets(f"{work}/sigs", f"{work}/buckets", config=config)],
                                                  tasks=bands, workers=2, logging_dir=f"{work}/logs/2"),
-        "cluster": lambda: LocalPipelineExecutor([MinhashDedupCluster(f"{work}/buckets", f"{work}/remove", config=config)],
+        "cluster": lambda: LocalPipelineExecutor([MinhashDedupCluster(f"{work}/buckets", f"{work}/remove", config=config, save_cluster_id=True)],
                                                  tasks=1, logging_dir=f"{work}/logs/3"),
         "filter": lambda: LocalPipelineExecutor([read(), MinhashDedupFilter(f"{work}/remove")],
                                                 tasks=tasks, workers=2, logging_dir=f"{work}/logs/4"),
@@ -100,6 +116,41 @@ def run_datatrove(folder: str, stage: str, raw: Path, work: Path, tasks: int, ba
     if run.returncode or not lines:
         raise RuntimeError(f"datatrove {stage} failed:\n{(run.stderr or run.stdout)[-3000:]}")
     return json.loads(lines[0].split(" ", 1)[1])
+
+
+def datatrove_kept_for(raw: Path, remove: Path) -> dict[str, str]:
+    """Dropped key -> kept key from datatrove's own outputs: ``NNNNNN.remove`` (rows dropped) and
+    ``NNNNNN.clusters`` (row, cluster id) of each reader rank. With one task per file its reader
+    gives rank r the r-th of the sorted input paths, and a row is a line of that file."""
+    paths = sorted(raw.glob("*/*.jsonl.gz"), key=lambda p: str(p.relative_to(raw)))
+    keys = []
+    for path in paths:
+        with gzip.open(path, "rt") as lines:
+            keys.append([json.loads(line)["url"] for line in lines])
+    cluster_of, dropped = {}, set()
+    for rank, rank_keys in enumerate(keys):
+        removed, clusters = remove / f"{rank:06d}.remove", remove / f"{rank:06d}.clusters"
+        if removed.exists():
+            dropped |= {rank_keys[row] for row in np.frombuffer(removed.read_bytes(), dtype="<u4")}
+        if clusters.exists():
+            rows = np.frombuffer(clusters.read_bytes(), dtype="<u4").reshape(-1, 2)
+            cluster_of.update({rank_keys[row]: int(cluster) for row, cluster in rows})
+    kept_in = {cluster: key for key, cluster in cluster_of.items() if key not in dropped}
+    if len(kept_in) != len(set(cluster_of.values())) or not dropped <= cluster_of.keys():
+        raise RuntimeError("datatrove's outputs do not give one kept document per cluster")
+    return {key: kept_in[cluster_of[key]] for key in sorted(dropped)}
+
+
+def ours_kept_for(corpus, root: Path) -> dict[str, str]:
+    """Dropped key -> kept key from our audit file (document ids back to the corpus's keys)."""
+    import pyarrow.parquet as pq
+
+    from tasks.curate.minhash import audit_location
+    from tasks.documents import make_doc_id
+
+    key_of = {make_doc_id(d.source, d.key): d.key for d in corpus.documents}
+    audit = pq.read_table(audit_location(str(root), "minhash").path, columns=["dropped_id", "kept_id"]).to_pydict()
+    return {key_of[d]: key_of[k] for d, k in zip(audit["dropped_id"], audit["kept_id"])}
 
 
 def memory_figures(report: dict) -> dict:
@@ -150,7 +201,6 @@ def duplicate_graph(pairs: int, parts: int, seed: int = 0) -> list[tuple[int, in
 
 def write_graph(edges: list[tuple[int, int, int, int]], folder: Path, bands: int) -> list:
     """Our verified files (one per part of the smaller position) and datatrove's .dups files."""
-    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -175,29 +225,41 @@ def write_graph(edges: list[tuple[int, int, int, int]], folder: Path, bands: int
 
 
 def main() -> None:
+    from tasks.curate.minhash import MinHashConfig, run_dedup
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", type=int, default=3000)
-    parser.add_argument("--unrelated", type=int, default=10000)
+    parser.add_argument("--unrelated", type=int, default=5000)
+    parser.add_argument("--sites", type=int, default=500, help="sites of ten pages that share their boilerplate")
     parser.add_argument("--parts", type=int, default=8, help="input parts per source (two sources)")
+    parser.add_argument("--seed", type=int, default=0, help="of the synthetic corpus")
     parser.add_argument("--partitions", default="1,4,16", help="cluster_partitions values to compare")
     parser.add_argument("--graph-pairs", type=int, default=0, help="also cluster a synthetic graph of this many pairs")
-    parser.add_argument("--datatrove", help="folder datatrove was pip-installed into with --target")
+    parser.add_argument("--datatrove", default=os.environ.get("DATATROVE_DIR"), help="folder datatrove was pip-installed into with --target")
+    parser.add_argument("--verify-false-rejection", type=float, default=MinHashConfig.verify_false_rejection,
+                        help="ours' verification (0.5: drop every pair estimated under the threshold, the rule before)")
     args = parser.parse_args()
     partitions = [int(p) for p in args.partitions.split(",")]
 
     import pyarrow.parquet as pq
 
     from tasks.ray_runtime import ensure_ray
-    from tasks.curate.minhash import MinHashConfig, run_dedup
     from tasks.sources.jsonl import JsonlReader
     from tasks.stage import InputFile, ShardUnit, StageSpec, run_stage
     from tasks.storage import resolve
-    from tasks.synthetic.near_duplicates import generate
+    from tasks.synthetic.near_duplicates import generate, score
 
-    corpus = generate(seed=0, families=args.families, unrelated=args.unrelated, parts=args.parts, edit_rates=DUPLICATE_EDIT_RATES)
-    config = MinHashConfig()
+    corpus = generate(
+        seed=args.seed, families=args.families, unrelated=args.unrelated, sites=args.sites, parts=args.parts, edit_rates=DUPLICATE_EDIT_RATES
+    )
+    config = MinHashConfig(verify_false_rejection=args.verify_false_rejection)
     bands, rows = config.bands_rows
-    result: dict = {"cores": os.cpu_count(), "bands_rows": [bands, rows], "cluster_partitions": config.cluster_partitions}
+    result: dict = {
+        "cores": os.cpu_count(),
+        "bands_rows": [bands, rows],
+        "cluster_partitions": config.cluster_partitions,
+        "verified_pairs_min_agreeing": f"{config.min_agreeing}/{config.num_perm}",
+    }
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         files = corpus.write_jsonl(folder / "raw")
@@ -214,7 +276,11 @@ def main() -> None:
             "dropped": manifest["totals"]["dropped_total"],
             "verified_pairs": sum(pq.read_metadata(v.path).num_rows for v in verified),
         }
-        result["ours"] = {"seconds": round(seconds, 2), "documents_per_second": round(docs / seconds, 1)}
+        result["ours"] = {
+            "seconds": round(seconds, 2),
+            "documents_per_second": round(docs / seconds, 1),
+            "quality": score(corpus, ours_kept_for(corpus, folder / "out"), NEAR_COPY_EDIT_RATE).as_dict(),
+        }
         result["ours_cluster_by_partitions"] = partition_sweep(folder / "out", tuple(sorted(files)), verified, partitions)
 
         if args.datatrove:
@@ -227,6 +293,7 @@ def main() -> None:
                 "seconds": round(dt_seconds, 2),
                 "documents_per_second": round(docs / dt_seconds, 1),
                 "dropped": removed,
+                "quality": score(corpus, datatrove_kept_for(folder / "raw", folder / "dt" / "remove"), NEAR_COPY_EDIT_RATE).as_dict(),
                 "cluster_stage": memory_figures(stages["cluster"]),
             }
             result["ours_over_datatrove_documents_per_second"] = round(dt_seconds / seconds, 2)
