@@ -170,11 +170,11 @@ def largest_task(memory: list[dict]) -> dict:
 
 
 def partition_sweep(root: Path, sources: tuple[str, ...], verified: list, partitions: list[int]) -> dict:
-    from tasks.curate.minhash import _Layout, cluster
+    from tasks.curate.minhash import Layout, cluster
 
     sweep = {}
     for count in partitions:
-        layout = _Layout(str(root), f"sweep-p{count}", sources, 128)
+        layout = Layout(str(root), f"sweep-p{count}", sources, 128)
         started = time.perf_counter()
         stats, memory = cluster(layout, verified, count)
         sweep[count] = {"seconds": round(time.perf_counter() - started, 2), "rounds": stats["rounds"], **largest_task(memory)}

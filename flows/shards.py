@@ -8,9 +8,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
+from tasks.executor import run_each, run_tasks
 from tasks.settings import default_data_root
 from tasks.shards import MANIFEST
-from tasks.executor import run_each
 from tasks.storage import resolve
 from tasks.validate import check_part, check_stage_level, check_unique_ids, stage_report
 
@@ -40,14 +40,11 @@ def load_manifest(stage_dir: str) -> dict[str, Any]:
 
 @task
 def check_parts(stage_dir: str, manifest: dict[str, Any], scratch_dir: str | None = None) -> dict[str, Any]:
-    import ray
-
     from tasks.ray_runtime import ensure_ray
 
     logger = get_run_logger()
     logger.info("checking %d parts on %s", len(manifest["parts"]), ensure_ray())
-    check_remote = ray.remote(check_part)
-    checks = ray.get([check_remote.remote(stage_dir, part) for part in manifest["parts"]])
+    checks = run_tasks(check_part, [(part,) for part in manifest["parts"]], shared=(stage_dir,), label="checking parts")
     location = resolve(stage_dir)
     scratch = resolve(scratch_dir) if scratch_dir else None
     problems = check_stage_level(location, manifest) + check_unique_ids(location, manifest, run_each, scratch)

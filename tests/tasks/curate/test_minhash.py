@@ -16,7 +16,7 @@ from tasks.curate.minhash import (
     VERIFIED_SCHEMA,
     MinHashConfig,
     Signer,
-    _Layout,
+    Layout,
     audit_location,
     cluster,
     jaccard,
@@ -149,7 +149,7 @@ def test_distributed_components_equal_union_find_for_any_partition_count(kind, t
     written = {}
     for partitions in (1, 3):
         root = tmp_path / f"p{partitions}"
-        stats, memory = cluster(_Layout(str(root), "minhash", SOURCES_OF_GRAPH, 128), verified, partitions)
+        stats, memory = cluster(Layout(str(root), "minhash", SOURCES_OF_GRAPH, 128), verified, partitions)
         representatives, written[partitions] = clusters_written(root / "minhash-clusters")
         assert representatives == expected
         assert stats["duplicates"] == len(expected) and stats["clusters"] == len(set(expected.values()))
