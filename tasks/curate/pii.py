@@ -104,10 +104,14 @@ PHONE_MIN_DIGITS = 7
 PHONE_CUE = re.compile(
     r"\b(?:tel|t[eé]l[eé]phone|telefon|phone|ph|mobile?|mob|cell|handy|fax|sms|whatsapp|call(?:ed|ing|er|erid)?"
     r"|cid|clid|ani|dnis|msisdn|dial(?:l?ed)?|ext(?:ension)?)\b(?:\s*(?:number|no\.?|nr\.?|#))?"
-    r"(?:\s+(?:me|us|him|her|them))?(?:\s+(?:on|at))?[\s.:=#'\"(-]*$"
+    r"(?:\s+(?:me|us|him|her|them))?(?:\s+(?:on|at))?[\s.:=#'\"(\uff1a-]*$"
+    r"|(?:电话|電話|传真|傳真|手机|手機|热线|熱線)[\s:\uff1a]*$"
     r"|\b(?:PJSIP|SIP|IAX2|DAHDI|Local)/(?:[\w-]+/)?$|\"\s?<$",
     re.IGNORECASE,
 )
+# An area code with its trunk 0, a hyphen, the subscriber number: "021-54098575", "030-1234567".
+# Common in China, Germany, the Netherlands, and not how libphonenumber groups them.
+TRUNK_AREA_HYPHEN = re.compile(r"0\d{1,4}-\d{6,8}")
 # "0.548095", "12345.678901": a decimal number, not a phone number written with one dot.
 DECIMAL = re.compile(r"(?:0|[1-9]\d*)\.\d+")
 # Numbers named as something else just before: identifiers that happen to parse as phones.
@@ -257,6 +261,11 @@ def _said_to_be_a_phone(text: str, start: int, end: int) -> bool:
     return PHONE_CUE.search(_preceding(text, start)) is not None or text[end : end + 1] == "@"
 
 
+def _written_as_a_phone(text: str, start: int, end: int) -> bool:
+    """Said to be a phone number, or written as area code-subscriber ("0512-55111066")."""
+    return _said_to_be_a_phone(text, start, end) or TRUNK_AREA_HYPHEN.fullmatch(text, start, end) is not None
+
+
 def _unsaid_bare_digits(text: str, start: int, end: int) -> bool:
     """Digits alone that the text does not say are a phone number: an id, a counter, a hex id of decimal digits."""
     return text[start:end].isdigit() and not _said_to_be_a_phone(text, start, end)
@@ -296,13 +305,18 @@ def find_phones(text: str, regions: Sequence[str] = ("US",)) -> Iterator[Found]:
         offset = candidate.start()
         found: set[tuple[int, int]] = set()
         # With a + country code the region plays no part: one pass is enough, and the number may
-        # be grouped in any of the ways people write it. Without one, only as its country groups it.
+        # be grouped in any of the ways people write it. Without one, only as its country groups it,
+        # unless the text says it is a phone number or it is written as area code-subscriber.
         international = window.lstrip("(").startswith("+")
-        leniency = phonenumbers.Leniency.VALID if international else phonenumbers.Leniency.EXACT_GROUPING
-        for region in regions[:1] if international else regions:
-            for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=leniency):
-                span = (offset + match.start, offset + match.end)
-                if span not in found and not _phone_lookalike(text, *span):
+        passes = [(phonenumbers.Leniency.VALID if international else phonenumbers.Leniency.EXACT_GROUPING, None)]
+        if not international and (_said_to_be_a_phone(text, offset, candidate.end()) or TRUNK_AREA_HYPHEN.search(window)):
+            passes.append((phonenumbers.Leniency.VALID, _written_as_a_phone))
+        for leniency, accept in passes:
+            for region in regions[:1] if international else regions:
+                for match in phonenumbers.PhoneNumberMatcher(window, region, leniency=leniency):
+                    span = (offset + match.start, offset + match.end)
+                    if span in found or (accept and not accept(text, *span)) or _phone_lookalike(text, *span):
+                        continue
                     found.add(span)
         for start, end in sorted(found):
             yield start, end, True
