@@ -14,6 +14,7 @@ each one), so that a miss is the detector's, not the generator's.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import random
 import string
@@ -106,9 +107,14 @@ def email(rng: random.Random) -> str:
     return f"{local}@{rng.choice(DOMAINS)}"
 
 
-def _valid_phone(rng: random.Random, region: str) -> phonenumbers.PhoneNumber:
+@functools.cache
+def _example_number(region: str, kind: int) -> phonenumbers.PhoneNumber:
+    return phonenumbers.example_number_for_type(region, kind)  # parses metadata: slow, and never mutated here
+
+
+def valid_phone(rng: random.Random, region: str) -> phonenumbers.PhoneNumber:
     kind = rng.choice([phonenumbers.PhoneNumberType.FIXED_LINE, phonenumbers.PhoneNumberType.MOBILE])
-    example = phonenumbers.example_number_for_type(region, kind)
+    example = _example_number(region, kind)
     national = str(example.national_number)
     for _ in range(100):
         number = phonenumbers.PhoneNumber()
@@ -121,7 +127,7 @@ def _valid_phone(rng: random.Random, region: str) -> phonenumbers.PhoneNumber:
 
 def phone(rng: random.Random) -> str:
     region = rng.choice(INTERNATIONAL_PHONE_REGIONS)
-    number = _valid_phone(rng, region)
+    number = valid_phone(rng, region)
     international = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
     styles = [
         phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164),

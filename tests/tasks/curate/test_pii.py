@@ -1,5 +1,7 @@
 """PII scrubbing: span-level quality on the labelled synthetic set, look-alikes, the step's contract."""
 
+import random
+
 import pyarrow.parquet as pq
 import pytest
 
@@ -9,7 +11,9 @@ from tasks.sources.jsonl import JsonlReader
 from tasks.stage import InputFile, ShardUnit, StageSpec, run_shard
 from tasks.shards import part_location, read_part
 from tasks.steps import Drop
-from tasks.synthetic.pii import NATIONAL_PHONE_REGIONS, labelled_texts, score_spans
+from tasks.synthetic.logs import changed_clean_lines, log_lines
+from tasks.synthetic.pii import INTERNATIONAL_PHONE_REGIONS, NATIONAL_PHONE_REGIONS, labelled_texts, score_spans
+from tasks.synthetic.timestamps import FORMATS, timestamp
 from tests.helpers import write_jsonl_gz
 
 RECALL_FLOOR = {"EMAIL_ADDRESS": 0.99, "IP_ADDRESS": 0.99, "PHONE_NUMBER": 0.95, "CREDIT_CARD": 0.95}
@@ -61,6 +65,73 @@ def test_labelled_set_is_deterministic_and_spans_point_at_the_values():
 )
 def test_look_alikes_are_not_pii(text):
     assert kinds_found(text) == []
+
+
+@pytest.mark.parametrize("regions", [("US",), NATIONAL_PHONE_REGIONS, INTERNATIONAL_PHONE_REGIONS + ("CN", "NL", "RU")])
+def test_no_date_time_or_timestamp_is_ever_tagged(regions):
+    found = detector(phone_regions=regions)
+    rng = random.Random(5)
+    surroundings = ["{}", "at {} ok", "[{}]", "ts={},x", '"{}"', "{}: msg", "Tel {}", "on {}.", "{} web01 sshd[123]:"]
+    tagged = []
+    for name in sorted(FORMATS):
+        for n in range(60):
+            line = surroundings[n % len(surroundings)].format(timestamp(rng, name))
+            tagged += [(name, line, line[s.start : s.end]) for s in found.find(line)]
+    assert tagged == []
+
+
+def test_phone_numbers_beside_timestamps_are_still_found():
+    lines = {
+        "[Nov 11 14:33:38] VERBOSE[2841][C-0000001a] pbx.c: -- Executing [+441772285411@from-trunk:1] Dial(\"SIP/trunk-0000001a\")": "+441772285411",
+        "[2013-11-11 14:33:38] VERBOSE[2841] app_dial.c: -- Called SIP/+441772285411@trunk": "+441772285411",
+        "Sent: Monday, November 11, 2013 2:33 PM | Tel: +44 (0)1772 285411": "+44 (0)1772 285411",
+        "On 11/11/2013 14:33, Jo wrote: call (202) 555-0143 before 17:30.": "(202) 555-0143",
+        "2013-11-11 14:33:38,123 WARNING sms to +1-202-555-0143 failed": "+1-202-555-0143",
+    }
+    for line, number in lines.items():
+        assert kinds_found(line) == [("PHONE_NUMBER", number)], line
+    assert [v for _, v in kinds_found("10-Oct-2013::14:53:40 caller 2025550143 dialled SIP/trunk/12025550143,300")] == [
+        "2025550143", "12025550143"
+    ]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'GET /download HTTP/1.1" 503 2862953 "-"',  # a status and a byte count, not (503) 286-2953
+        "rx_bytes=2345678901 tx_bytes=3456789012, order id 2025550143, Content-Length: 3054808009",
+        "postfix/qmgr[123]: 0296135422: removed",  # a hex queue id of decimal digits
+        "kernel: [12345.678901] eth0 up; 0.548095 load; 1384180418.123456 deadline",
+        "Mozilla/5.0 (Windows NT 10.0) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+    ],
+)
+def test_counters_ids_and_product_versions_in_logs_are_not_pii(text):
+    assert kinds_found(text) == []
+
+
+def test_bare_digits_are_a_phone_number_where_the_text_says_so_and_ips_in_paths_are_kept():
+    assert kinds_found("Tel: 2025550143, phone=01772285411, 2025550143@trunk") == [
+        ("PHONE_NUMBER", "2025550143"), ("PHONE_NUMBER", "01772285411"), ("PHONE_NUMBER", "2025550143"),
+    ]
+    assert kinds_found("GET /hosts/10.0.0.1 from http://10.0.0.2/ email=jo@example.com") == [
+        ("IP_ADDRESS", "10.0.0.1"), ("IP_ADDRESS", "10.0.0.2"), ("EMAIL_ADDRESS", "jo@example.com"),
+    ]
+
+
+def test_log_and_mail_lines():
+    lines = log_lines(seed=11, count=8000)
+    found = detector()
+    spans = {line.text: [(s.start, s.end, s.kind) for s in found.find(line.text)] for line in lines}
+    changed, clean = changed_clean_lines(lines, spans.__getitem__)
+    assert clean > 4500 and changed == 0
+    scores = score_spans(lines, spans.__getitem__)
+    for kind in ("EMAIL_ADDRESS", "IP_ADDRESS", "PHONE_NUMBER"):
+        assert scores[kind].true_positives + scores[kind].false_negatives > 1000, kind
+        assert scores[kind].precision >= 0.999, (kind, scores[kind])
+    assert scores["EMAIL_ADDRESS"].recall >= 0.99 and scores["IP_ADDRESS"].recall >= 0.99
+    written = [(line, s) for line in lines for s in line.spans if s.kind == "PHONE_NUMBER" and not line.text[s.start : s.end].isdigit()]
+    assert sum((s.start, s.end, s.kind) in spans[line.text] for line, s in written) >= 0.99 * len(written)
+    assert scores["PHONE_NUMBER"].recall >= 0.9  # bare digit runs without a phone cue are missed
 
 
 def test_each_kind_is_found_in_its_common_formats():
@@ -151,3 +222,16 @@ def test_scrubber_in_a_stage(tmp_path):
     ]
     assert [d.meta["pii"] for d in docs] == [{"EMAIL_ADDRESS": 1, "PHONE_NUMBER": 1}, {}]
     assert pq.read_table(part_location(spec.stage_dir, "c4", 0).path).num_rows == 2
+
+
+@pytest.mark.parametrize(
+    "line, number",
+    [
+        ("联系电话：021-54098575 2013-11-11 14:33:38", "021-54098575"),
+        ("Fax 030-1234567, sent 10-Oct-2013::14:53:40", "030-1234567"),
+        ("[2013-11-11T14:33:38Z] caller 0512-55111066 hung up", "0512-55111066"),
+    ],
+)
+def test_area_code_hyphen_subscriber_is_a_phone_number_beside_a_timestamp(line, number):
+    found = detector(phone_regions=INTERNATIONAL_PHONE_REGIONS + ("CN", "NL"))
+    assert [(s.kind, line[s.start : s.end]) for s in found.find(line)] == [("PHONE_NUMBER", number)]
