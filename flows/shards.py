@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field
 
-from tasks.executor import run_each, run_tasks
+from tasks.executor import run_tasks
 from tasks.settings import default_data_root
 from tasks.shards import MANIFEST
 from tasks.storage import resolve
@@ -47,7 +47,7 @@ def check_parts(stage_dir: str, manifest: dict[str, Any], scratch_dir: str | Non
     checks = run_tasks(check_part, [(part,) for part in manifest["parts"]], shared=(stage_dir,), label="checking parts")
     location = resolve(stage_dir)
     scratch = resolve(scratch_dir) if scratch_dir else None
-    problems = check_stage_level(location, manifest) + check_unique_ids(location, manifest, run_each, scratch)
+    problems = check_stage_level(location, manifest) + check_unique_ids(location, manifest, scratch)
     return stage_report(manifest, checks, problems)
 
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from tasks.documents import BadRecord, Document
-from tasks.executor import finished_receipt, fingerprint, is_complete, run_each, run_marked, run_tasks
+from tasks.executor import finished_receipt, fingerprint, is_complete, run_marked, run_tasks
 from tasks.shards import (
     MANIFEST,
     QUARANTINE,
@@ -304,7 +304,7 @@ def run_stage(
         receipts = run_tasks(
             run_shard, [(unit,) for unit in units], shared=(spec,), label=f"{spec.name}: parts", on_result=on_part_done
         )
-        receipts = disambiguate(spec.stage_dir, receipts, run_each)
+        receipts = disambiguate(spec.stage_dir, receipts)
         return write_manifest(spec, units, receipts, time.perf_counter() - started)
 
     sources = {source: spec.fingerprint() for source in _sources(units)}

@@ -45,9 +45,8 @@ from __future__ import annotations
 import math
 import uuid
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -55,6 +54,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.documents import REPEAT_MARK, REPEAT_SUFFIX, REQUIRED_COLUMNS, repeat_id, split_repeat
+from tasks.executor import run_each
 from tasks.shards import PartReceipt, ShardWriter, part_location, part_name, read_part, receipt_location
 from tasks.storage import Location, atomic_output, resolve, sha256_of
 
@@ -63,8 +63,6 @@ ROWS_PER_BUCKET = 1 << 21  # ids a pass-2 task holds: ~200 MB in Arrow at ~40 ch
 ID_SCHEMA = pa.schema([pa.field("id", pa.string(), nullable=False), pa.field("row", pa.int64(), nullable=False)])
 MAX_EXAMPLES = 20  # duplicates listed per bucket by the check; all of them are counted
 
-# Runs a function over jobs (on Ray, in the stage runner and the shards flow); results in job order.
-RunAll = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
 
 
 def bucket_count(rows: int, rows_per_bucket: int = ROWS_PER_BUCKET) -> int:
@@ -273,7 +271,7 @@ def rewrite_part(job: RewriteJob) -> PartReceipt:
 
 
 def disambiguate(
-    stage_dir: Location, receipts: Sequence[PartReceipt], run_all: RunAll, rows_per_bucket: int = ROWS_PER_BUCKET
+    stage_dir: Location, receipts: Sequence[PartReceipt], rows_per_bucket: int = ROWS_PER_BUCKET
 ) -> list[PartReceipt]:
     """Rename repeated natural keys across the parts of a run (see the module docstring).
 
@@ -286,11 +284,11 @@ def disambiguate(
     scratch = stage_dir.join(f"{SCRATCH}-{'+'.join(sorted({r.source for r in ordered}))}")
     scratch.delete()  # a crashed run's leftovers: this run recomputes everything
     buckets = bucket_count(rows, rows_per_bucket)
-    indexed = run_all(index_part_ids, [PartIds(scratch.uri, n, r.path, buckets) for n, r in enumerate(ordered)])
+    indexed = run_each(index_part_ids, [PartIds(scratch.uri, n, r.path, buckets) for n, r in enumerate(ordered)])
     for receipt, found in zip(ordered, indexed):
         if found != receipt.rows:
             raise ValueError(f"{receipt.path}: {found} ids, its receipt says {receipt.rows} rows")
-    plans = run_all(plan_renames, [BucketJob(scratch.uri, b, len(ordered)) for b in range(buckets)])
+    plans = run_each(plan_renames, [BucketJob(scratch.uri, b, len(ordered)) for b in range(buckets)])
     renames: dict[int, list[tuple[int, int]]] = {}
     for bucket, plan in enumerate(plans):
         for ordinal, batch in plan:
@@ -299,7 +297,7 @@ def disambiguate(
         RewriteJob(scratch.uri, stage_dir.uri, ordered[o].source, ordered[o].index, tuple(r))
         for o, r in sorted(renames.items())
     ]
-    rewritten = {(r.source, r.index): r for r in run_all(rewrite_part, jobs)}
+    rewritten = {(r.source, r.index): r for r in run_each(rewrite_part, jobs)}
     scratch.delete()
     return [rewritten.get((r.source, r.index), r) for r in ordered]
 
@@ -336,7 +334,7 @@ def index_readable_part(job: PartIds) -> str | None:
 
 
 def find_duplicate_ids(
-    parts: Sequence[str], rows: int, run_all: RunAll, scratch_root: Location, rows_per_bucket: int = ROWS_PER_BUCKET
+    parts: Sequence[str], rows: int, scratch_root: Location, rows_per_bucket: int = ROWS_PER_BUCKET
 ) -> tuple[int, list[tuple[str, str, int, str, int]]]:
     """Documents of ``parts`` (part files, in global order) whose id an earlier document holds.
 
@@ -348,8 +346,8 @@ def find_duplicate_ids(
     scratch = scratch_root.join(f"{SCRATCH}-check-{uuid.uuid4().hex}")
     buckets = bucket_count(rows, rows_per_bucket)
     try:
-        run_all(index_readable_part, [PartIds(scratch.uri, n, p, buckets) for n, p in enumerate(parts)])
-        found = run_all(duplicates_in_bucket, [BucketJob(scratch.uri, b, len(parts)) for b in range(buckets)])
+        run_each(index_readable_part, [PartIds(scratch.uri, n, p, buckets) for n, p in enumerate(parts)])
+        found = run_each(duplicates_in_bucket, [BucketJob(scratch.uri, b, len(parts)) for b in range(buckets)])
     finally:
         scratch.delete()
     count = sum(n for n, _ in found)

@@ -21,7 +21,7 @@ from tasks.documents import DOCUMENT_SCHEMA
 from tasks.executor import read_marker
 from tasks.shards import MANIFEST, SUCCESS, PartReceipt, quarantine_location, summarise
 from tasks.storage import Location, resolve, sha256_of
-from tasks.unique_ids import RunAll, find_duplicate_ids
+from tasks.unique_ids import find_duplicate_ids
 
 
 @dataclass
@@ -120,7 +120,7 @@ def check_stage_level(stage_dir: Location, manifest: dict[str, Any]) -> list[str
 
 
 def check_unique_ids(
-    stage_dir: Location, manifest: dict[str, Any], run_all: RunAll, scratch_root: Location | None = None
+    stage_dir: Location, manifest: dict[str, Any], scratch_root: Location | None = None
 ) -> list[str]:
     """One problem per document whose id an earlier document of the stage holds, naming both
     (part file and record), up to a few per hash bucket, and their count when more were found.
@@ -128,7 +128,7 @@ def check_unique_ids(
     ``scratch_root`` (default: the stage folder) holds a temporary index of the ids."""
     parts = sorted(manifest["parts"], key=lambda p: (p["source"], p["index"]))
     rows = sum(p["rows"] for p in parts)
-    count, examples = find_duplicate_ids([p["path"] for p in parts], rows, run_all, scratch_root or stage_dir)
+    count, examples = find_duplicate_ids([p["path"] for p in parts], rows, scratch_root or stage_dir)
     problems = [
         f"{again}: record {again_row}: duplicate id {doc_id!r}, also at {first}: record {first_row}"
         for doc_id, first, first_row, again, again_row in examples

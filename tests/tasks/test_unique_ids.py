@@ -14,7 +14,6 @@ from tasks.shards import read_part, part_location, receipt_location
 from tasks.sources.c4 import C4Reader
 from tasks.sources.commoncrawl import CommonCrawlReader
 from tasks.sources.wikipedia import WikipediaReader
-from tasks.executor import run_each
 from tasks.stage import InputFile, StageSpec, plan_units, run_shard, run_stage
 from tasks.storage import resolve
 from tasks.synthetic.commoncrawl import WET_NAME
@@ -34,7 +33,7 @@ def stage_docs(manifest):
 def assert_valid(spec, manifest):
     assert all(not check_part(spec.stage_dir.uri, p).problems for p in manifest["parts"])
     assert check_stage_level(spec.stage_dir, manifest) == []
-    assert check_unique_ids(spec.stage_dir, manifest, run_each) == []
+    assert check_unique_ids(spec.stage_dir, manifest) == []
 
 
 def ingest(root, reader, source, paths, split_bytes=None):
@@ -64,7 +63,7 @@ def test_renames_spread_over_many_buckets(tmp_path, ray_local):
     paths = [write_jsonl_gz(tmp_path / "raw" / f"c4-train.0000{n}-of-01024.json.gz", lines) for n in range(2)]
     spec = StageSpec(root=str(tmp_path / "out"), name="ingest", reader=C4Reader())
     units = plan_units("c4", C4Reader(), [InputFile.describe(str(p)) for p in paths], None)
-    receipts = disambiguate(spec.stage_dir, [run_shard(spec, u) for u in units], run_each, rows_per_bucket=20)
+    receipts = disambiguate(spec.stage_dir, [run_shard(spec, u) for u in units], rows_per_bucket=20)
     first, second = ([d.id for d in read_part(resolve(r.path))] for r in receipts)
     assert second == [f"{i}~2" for i in first] and [r.ids_disambiguated for r in receipts] == [0, 100]
 

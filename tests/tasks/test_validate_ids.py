@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from tasks.documents import Document
-from tasks.executor import mark, run_each
+from tasks.executor import mark
 from tasks.stage import ShardUnit, StageSpec, run_shard, write_manifest
 from tasks.unique_ids import MAX_EXAMPLES, buckets_of, find_duplicate_ids
 from tasks.validate import check_part, check_stage_level, check_unique_ids
@@ -39,7 +39,7 @@ def test_a_duplicate_id_across_two_parts_fails_naming_both(tmp_path, ray_local):
     # Each part on its own is fine: only the stage-wide check sees the repeat.
     assert all(not check_part(spec.stage_dir.uri, p).problems for p in manifest["parts"])
     assert check_stage_level(spec.stage_dir, manifest) == []
-    (problem,) = check_unique_ids(spec.stage_dir, manifest, run_each)
+    (problem,) = check_unique_ids(spec.stage_dir, manifest)
     first, second = (p["path"] for p in manifest["parts"])
     assert problem == f"{second}: record 1: duplicate id 'b', also at {first}: record 1"
     assert not [p for p in (tmp_path / "ingest").iterdir() if p.name.startswith("_unique_ids")]  # scratch removed
@@ -48,7 +48,7 @@ def test_a_duplicate_id_across_two_parts_fails_naming_both(tmp_path, ray_local):
 def test_a_duplicate_inside_one_part_is_named_too(tmp_path, ray_local):
     spec, manifest = hand_made_stage(tmp_path, (("a", "b", "a"),))
     (part,) = (p["path"] for p in manifest["parts"])
-    assert check_unique_ids(spec.stage_dir, manifest, run_each) == [
+    assert check_unique_ids(spec.stage_dir, manifest) == [
         f"{part}: record 2: duplicate id 'a', also at {part}: record 0"
     ]
 
@@ -58,7 +58,7 @@ def test_every_duplicate_is_found_across_many_buckets_and_counted(tmp_path, ray_
     spec, manifest = hand_made_stage(tmp_path, (ids, ids[::-1][:60], ("fresh",)))
     paths = [p["path"] for p in manifest["parts"]]
     # 7 buckets of ~40 ids: the 60 repeats spread over them, each found in its own bucket.
-    count, examples = find_duplicate_ids(paths, 261, run_each, spec.stage_dir, rows_per_bucket=40)
+    count, examples = find_duplicate_ids(paths, 261, spec.stage_dir, rows_per_bucket=40)
     assert count == len(examples) == 60
     assert sorted(e[0] for e in examples) == sorted(ids[140:])
     assert len(set(buckets_of(pa.array([e[0] for e in examples]), 7).tolist())) == 7
@@ -69,7 +69,7 @@ def test_every_duplicate_is_found_across_many_buckets_and_counted(tmp_path, ray_
 def test_many_duplicates_are_all_counted_and_some_listed(tmp_path, ray_local):
     ids = tuple(f"doc-{n}" for n in range(200))
     spec, manifest = hand_made_stage(tmp_path, (ids, ids[:150]))
-    problems = check_unique_ids(spec.stage_dir, manifest, run_each)  # one bucket at this size
+    problems = check_unique_ids(spec.stage_dir, manifest)  # one bucket at this size
     assert len(problems) == MAX_EXAMPLES + 1
     assert problems[-1] == f"{spec.stage_dir.uri}: 150 documents share an id with an earlier one (20 listed)"
 
@@ -78,6 +78,6 @@ def test_an_unreadable_part_leaves_the_others_checked(tmp_path, ray_local):
     spec, manifest = hand_made_stage(tmp_path, (("a",), ("b",), ("a",)))
     with open(manifest["parts"][1]["path"], "wb") as broken:
         broken.write(b"not parquet")
-    problems = check_unique_ids(spec.stage_dir, manifest, run_each)
+    problems = check_unique_ids(spec.stage_dir, manifest)
     assert problems == [f"{manifest['parts'][2]['path']}: record 0: duplicate id 'a', also at {manifest['parts'][0]['path']}: record 0"]
     assert any("unreadable Parquet" in p for p in check_part(spec.stage_dir.uri, manifest["parts"][1]).problems)
