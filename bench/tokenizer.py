@@ -25,7 +25,7 @@ from pathlib import Path
 import sentencepiece as spm
 from tokenizers import Tokenizer as RustTokenizer
 
-from modeling.tokenizer import MODEL_FILE, Tokenizer, export_hf, train_tokenizer
+from tasks.tokenizer import MODEL_FILE, Tokenizer, export_hf, train_tokenizer
 
 from corpora import book_paragraphs  # bench/corpora.py; the benchmarks run as python bench/<name>.py
 

@@ -27,7 +27,7 @@ import torch
 
 from modeling.configs import model_config
 from modeling.llama import Llama
-from modeling.tokenizer import train_tokenizer
+from tasks.tokenizer import train_tokenizer
 from tasks.documents import Document
 from tasks.shards import ShardWriter
 from tasks.stage import InputFile, ShardUnit

@@ -37,7 +37,7 @@ class MixConfig(BaseModel):
 
 @task
 def mix_sources(config: MixConfig) -> dict[str, Any]:
-    from modeling.tokenizer import Tokenizer
+    from tasks.tokenizer import Tokenizer
     from tasks.mix import load_mixture, run_mix
 
     return run_mix(resolve(config.input), Tokenizer.load(config.tokenizer), load_mixture(config.mixture),

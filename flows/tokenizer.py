@@ -39,7 +39,7 @@ def _stage_texts(stage_dir: str, sources: list[str] | None) -> Iterator[str]:
 
 @task(retries=1)
 def make_tokenizer(config: TrainTokenizerConfig) -> dict[str, Any]:
-    from modeling.tokenizer import Tokenizer, export_hf, train_tokenizer
+    from tasks.tokenizer import Tokenizer, export_hf, train_tokenizer
 
     if config.existing:
         tokenizer = Tokenizer.load(config.existing)

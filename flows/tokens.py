@@ -29,7 +29,7 @@ class TokenizeConfig(BaseModel):
 
 @task
 def pack(config: TokenizeConfig) -> dict[str, Any]:
-    from modeling.tokenizer import Tokenizer
+    from tasks.tokenizer import Tokenizer
     from tasks.tokens import tokenize_and_pack
 
     return tokenize_and_pack(

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 import yaml
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from modeling.tokenizer import Tokenizer
+from tasks.tokenizer import Tokenizer
 from tasks.documents import REQUIRED_COLUMNS, BadRecord, Document
 from tasks.executor import run_tasks
 from tasks.shards import read_part

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from modeling.tokenizer import Tokenizer
+from tasks.tokenizer import Tokenizer
 from tasks.executor import WHOLE_STAGE, finished_receipt, fingerprint, mark, run_marked, run_tasks
 from tasks.shards import COMPRESSION, MANIFEST, RECEIPTS, SUCCESS, part_name, read_part
 from tasks.stage import ShardUnit

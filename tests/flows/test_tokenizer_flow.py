@@ -3,7 +3,7 @@
 import json
 
 from flows.tokenizer import TrainTokenizerConfig, train_tokenizer_flow
-from modeling.tokenizer import Tokenizer
+from tasks.tokenizer import Tokenizer
 from tasks.tokens import TokenReader
 
 

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 from pydantic import ValidationError
 
-from modeling.tokenizer import train_tokenizer
+from tasks.tokenizer import train_tokenizer
 from tasks.documents import Document
 from tasks.mix import MIXTURE_FILE, MixtureRecipe, load_mixture, plan_mixture, run_mix
 from tasks.shards import read_part

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from modeling.tokenizer import train_tokenizer
+from tasks.tokenizer import train_tokenizer
 from tasks.documents import Document
 from tasks.executor import WHOLE_STAGE, Marker, read_marker
 from tasks.shards import ShardWriter

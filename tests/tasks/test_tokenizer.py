@@ -8,7 +8,7 @@ import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
-from modeling.tokenizer import MODEL_FILE, Tokenizer, export_hf, reservoir_sample, train_tokenizer
+from tasks.tokenizer import MODEL_FILE, Tokenizer, export_hf, reservoir_sample, train_tokenizer
 
 CORPORA = Path(__file__).resolve().parents[2] / ".." / "shared" / "corpora"
 VOCAB = 800

@@ -20,7 +20,7 @@ import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2
 
 from flows.tokenizer import TrainTokenizerConfig, make_tokenizer
-from modeling.tokenizer import MODEL_FILE, Tokenizer, export_hf, train_tokenizer
+from tasks.tokenizer import MODEL_FILE, Tokenizer, export_hf, train_tokenizer
 
 STDLIB = sorted(Path(os.__file__).parent.glob("*.py"))
 TRAINING_CODE, HELD_OUT_CODE = STDLIB[0::4], STDLIB[2::8]
