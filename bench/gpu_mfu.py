@@ -25,7 +25,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from modeling.configs import ModelConfig
-from modeling.train import TrainConfig, Trainer
+from modeling.pretrain import PretrainConfig
+from modeling.train import Trainer
 from tasks.tokens import write_rows_stage
 
 ONE_B = ModelConfig(dim=2048, n_layers=22, n_heads=32, n_kv_heads=4, ffn_hidden_dim=5632, max_seq_len=4096)
@@ -40,11 +41,13 @@ def run(rank: int, world: int, args, stage: str, results: dict) -> None:
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29533")
         dist.init_process_group("nccl", rank=rank, world_size=world)
     torch.cuda.set_device(rank)
-    config = TrainConfig(
-        data_dir=stage, seq_len=args.seq, micro_batch_rows=args.micro_batch, model=ONE_B, lr=3e-4,
-        global_batch_tokens=args.seq * args.micro_batch * args.accumulation * world, total_steps=args.steps,
-        warmup_steps=1, mixed_precision="bf16", activation_checkpointing=parse_checkpointing(args.activation_checkpointing),
-        compile=args.compile, document_masking=False,
+    config = PretrainConfig(
+        run_name="gpu-mfu", output=tempfile.mkdtemp(prefix="gpu-mfu-"), data=stage, seq_len=args.seq,
+        micro_batch_rows=args.micro_batch, model=ONE_B, optimizer={"lr": 3e-4},
+        global_batch_tokens=args.seq * args.micro_batch * args.accumulation * world, steps=args.steps,
+        schedule={"warmup_steps": 1}, export_hf=False, scaling={"num_workers": world, "use_gpu": True},
+        parallelism={"mixed_precision": "bf16", "compile": args.compile, "document_masking": False,
+                     "activation_checkpointing": parse_checkpointing(args.activation_checkpointing)},
     )
     trainer = Trainer(config, device=f"cuda:{rank}")
     history = [trainer.train_step() for _ in range(args.steps)][args.warmup:]

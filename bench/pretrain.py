@@ -6,7 +6,7 @@ transformers' LlamaForCausalLM, and scaling from one Ray Train worker to two.
 For each size, on the same random token rows, the same global batch, micro batches and weights:
   transformers  LlamaForCausalLM, AdamW, gradient accumulation and clipping, one process, 1 thread
   ours          modeling.train.Trainer in this process, 1 thread (no document masking, like HF)
-  ray 1 worker  the whole pretraining job (modeling.pretrain.run_pretraining) with 1 worker x 1 CPU
+  ray 1 worker  the whole pretraining job (modeling.ray_job.run_training) with 1 worker x 1 CPU
   ray 2 workers the same with 2 workers x 1 CPU (DDP over gloo), the same global batch
 Rates are tokens per second over the steps after the first (warm-up); Ray's from the times at
 which its metrics log records the steps, so reporting and checkpointing between steps count.
@@ -30,8 +30,9 @@ from transformers import LlamaForCausalLM
 from modeling.checkpoints import save_hf
 from modeling.configs import named_size
 from modeling.llama import Llama
-from modeling.pretrain import PretrainConfig, read_metrics, run_pretraining
-from modeling.train import TrainConfig, Trainer
+from modeling.pretrain import PretrainConfig
+from modeling.ray_job import read_metrics, run_training
+from modeling.train import Trainer
 from tasks.tokens import write_rows_stage
 
 SIZES = {"debug": {"rows": 8, "micro": 2}, "100m": {"rows": 4, "micro": 1}}
@@ -77,8 +78,10 @@ def transformers_loop(stage: str, size: str, seq: int, rows: int, micro: int, st
 
 
 def our_loop(stage: str, size: str, seq: int, rows: int, micro: int, steps: int) -> float:
-    trainer = Trainer(TrainConfig(data_dir=stage, seq_len=seq, global_batch_tokens=rows * seq, micro_batch_rows=micro,
-                                  total_steps=steps, warmup_steps=1, model=size, document_masking=False))
+    trainer = Trainer(PretrainConfig(
+        run_name=f"{size}-loop", model=size, data=stage, output=tempfile.mkdtemp(prefix="bench-loop-"), steps=steps,
+        seq_len=seq, global_batch_tokens=rows * seq, micro_batch_rows=micro, schedule={"warmup_steps": 1},
+        parallelism={"document_masking": False}, export_hf=False))
     ends = []
     for _ in range(steps):
         trainer.train_step()
@@ -95,7 +98,7 @@ def ray_run(stage: str, output: str, size: str, seq: int, rows: int, micro: int,
         scaling={"num_workers": workers, "cpus_per_worker": 1.0},
     )
     started = time.time()
-    run_pretraining(config)
+    run_training(config)
     entries = read_metrics(config.run_dir)
     first_event = next(e for e in entries if e.get("event") == "started")
     ends = [e["time"] for e in entries if "event" not in e]

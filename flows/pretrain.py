@@ -2,7 +2,7 @@
 
 The flow checks the run config against the data and the cluster first (a run that cannot work
 fails here, with what to change), then trains: on a cluster (a Ray dashboard address in
-`ray_jobs_address` or RAY_API_SERVER_ADDRESS) as a Ray job running `python -m modeling.pretrain`,
+`ray_jobs_address` or RAY_API_SERVER_ADDRESS) as a Ray job running `python -m modeling.ray_job`,
 whose log is streamed into this run's log and which is stopped if this run is cancelled or fails;
 otherwise in this process on the connected or a private local Ray. Either way it follows the run's
 metrics log (progress in the UI) and publishes a metrics table, the loss curve and a summary.
@@ -26,7 +26,9 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
-from modeling.pretrain import METRICS_FILE, SUMMARY_FILE, PretrainConfig, debug_run, read_metrics, with_overrides
+from modeling.pretrain import PretrainConfig, debug_run
+from modeling.ray_job import METRICS_FILE, SUMMARY_FILE, read_metrics
+from modeling.run_config import with_overrides
 
 POLL_SECONDS = 2.0
 STOP_WAIT_SECONDS = 60.0
@@ -159,7 +161,7 @@ def validate(config: PretrainConfig, address: str | None) -> dict[str, Any]:
     config.check_cluster(resources)
     manifest = config.check_data()
     get_run_logger().info(
-        f"{config.model}: {config.total_steps} steps of {config.global_batch_tokens:,} tokens on "
+        f"{config.model_name}: {config.total_steps} steps of {config.global_batch_tokens:,} tokens on "
         f"{config.scaling.num_workers} {'GPU' if config.scaling.use_gpu else 'CPU'} workers; data "
         f"{manifest['rows']:,} rows of {manifest['row_tokens']} tokens; cluster {resources.get('CPU', 0):g} CPUs, "
         f"{resources.get('GPU', 0):g} GPUs")
@@ -171,23 +173,23 @@ def train_here(config: PretrainConfig) -> dict[str, Any]:
     """Ray Train from this process (a laptop, a test, a worker without a cluster)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from modeling.pretrain import run_pretraining
+    from modeling.ray_job import run_training
 
     with ThreadPoolExecutor(1) as pool:
-        future = pool.submit(run_pretraining, config)
+        future = pool.submit(run_training, config)
         follow(config, future.done)
         return future.result()
 
 
 @task
 def train_as_ray_job(config: PretrainConfig, address: str) -> dict[str, Any]:
-    """Submit `python -m modeling.pretrain` as a Ray job, stream its log, stop it if we stop."""
+    """Submit `python -m modeling.ray_job` as a Ray job, stream its log, stop it if we stop."""
     logger = get_run_logger()
     client = job_client(address)
     # On this machine the cluster runs our interpreter; elsewhere the image's `python`.
     python = sys.executable if urlparse(address).hostname in ("127.0.0.1", "localhost") else "python"
     job_id = client.submit_job(
-        entrypoint=f"{shlex.quote(python)} -m modeling.pretrain --config {shlex.quote(config.model_dump_json())}",
+        entrypoint=f"{shlex.quote(python)} -m modeling.ray_job --kind {config.kind} --config {shlex.quote(config.model_dump_json())}",
         submission_id=submission_id(flow_run.get_id()),
         metadata={"llamaline": "pretrain", "run_name": config.run_name},
     )
@@ -276,9 +278,9 @@ def publish(config: PretrainConfig, summary: dict[str, Any]) -> None:
     table = [{c: steps[i].get(c) for c in columns} for i in sorted({*range(0, len(steps), stride), len(steps) - 1})
              if steps]
     create_table_artifact(key="pretrain-metrics", table=table, description=f"{config.run_name}: every {stride} step(s)")
-    png = base64.b64encode(loss_curve_png(entries, f"{config.run_name} ({config.model})")).decode()
+    png = base64.b64encode(loss_curve_png(entries, f"{config.run_name} ({config.model_name})")).decode()
     lines = [
-        f"# Pretraining {config.run_name} ({config.model})",
+        f"# Pretraining {config.run_name} ({config.model_name})",
         "",
         f"![loss curve](data:image/png;base64,{png})",
         "",

@@ -248,7 +248,8 @@ def pretrain(
     import yaml
     from pydantic import ValidationError
 
-    from modeling.pretrain import PRESETS, PretrainConfig, with_overrides
+    from modeling.pretrain import PRESETS, PretrainConfig
+    from modeling.run_config import with_overrides
 
     overrides: dict = {}
     for assignment in set_ or []:

@@ -28,7 +28,7 @@ import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -370,10 +370,17 @@ class ReaderPosition:
         return cls(**data)
 
 
+class PackedRow(NamedTuple):
+    tokens: np.ndarray  # (seq_len + 1,), the stage's token type
+    doc_starts: np.ndarray  # in-row offsets where documents start
+    loss_mask: np.ndarray | None  # (seq_len + 1,) bools: which tokens are trained on as targets; None: all
+
+
 @dataclass(frozen=True)
 class TokenBatch:
     tokens: np.ndarray  # (B, seq_len + 1), the stage's token type
     doc_starts: list[np.ndarray]  # per row, in-row offsets where documents start
+    loss_mask: np.ndarray | None  # (B, seq_len + 1) bools, for stages that carry one
 
 
 class TokenReader:
@@ -403,6 +410,7 @@ class TokenReader:
         self.fingerprint = manifest["fingerprint"] if shards is None else \
             f"{manifest['fingerprint']}:shards={','.join(map(str, chosen))}"
         self.row_tokens = manifest["row_tokens"]
+        self.has_loss_mask = bool(manifest.get("loss_mask", False))
         self._groups = [(all_shards[s]["path"], group, rows)
                         for s in chosen for group, rows in enumerate(all_shards[s]["row_groups"])]
         total_rows = sum(rows for _, _, rows in self._groups)
@@ -425,8 +433,8 @@ class TokenReader:
             epoch, offset = epoch + 1, 0
         return ReaderPosition(epoch, offset, self.rank, self.world_size, self.seed, self.fingerprint)
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(tokens, doc_starts) per row, forever; the position advances as each row is yielded."""
+    def __iter__(self) -> Iterator[PackedRow]:
+        """Row after row, forever; the position advances as each row is yielded."""
         while True:
             yield from self._epoch_rows()
             self._epoch, self._offset = self._epoch + 1, 0
@@ -435,9 +443,10 @@ class TokenReader:
         rows = iter(self)
         while True:
             taken = [next(rows) for _ in range(batch_size)]
-            yield TokenBatch(np.stack([t for t, _ in taken]), [s for _, s in taken])
+            masks = np.stack([row.loss_mask for row in taken]) if self.has_loss_mask else None
+            yield TokenBatch(np.stack([row.tokens for row in taken]), [row.doc_starts for row in taken], masks)
 
-    def _epoch_rows(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _epoch_rows(self) -> Iterator[PackedRow]:
         epoch = self._epoch
         group_order = np.random.default_rng([self.seed, epoch]).permutation(len(self._groups))
         sizes = np.array([self._groups[g][2] for g in group_order], dtype=np.int64)
@@ -448,25 +457,30 @@ class TokenReader:
         k = int(np.searchsorted(group_starts, position, side="right")) - 1
         while position < span_end:
             group = int(group_order[k])
-            tokens, starts = self._read_group(group)
+            tokens, starts, masks = self._read_group(group)
             row_order = np.random.default_rng([self.seed, epoch, group]).permutation(len(tokens))
             first, last = position - group_starts[k], min(span_end, group_starts[k + 1]) - group_starts[k]
             for row in row_order[first:last]:
                 self._offset += 1
-                yield tokens[row], starts[row]
+                yield PackedRow(tokens[row], starts[row], masks[row] if masks is not None else None)
             position = group_starts[k + 1]
             k += 1
 
-    def _read_group(self, group: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _read_group(self, group: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None]:
         path, row_group, _ = self._groups[group]
+        columns = ["tokens", "doc_starts"] + (["loss_mask"] if self.has_loss_mask else [])
         with resolve(path).open_random_access() as f:
-            table = pq.ParquetFile(f).read_row_group(row_group, columns=["tokens", "doc_starts"])
+            table = pq.ParquetFile(f).read_row_group(row_group, columns=columns)
         tokens = table.column("tokens").combine_chunks()
         flat = tokens.flatten().to_numpy().reshape(-1, self.row_tokens)
         starts = table.column("doc_starts").combine_chunks()
         offsets = starts.offsets.to_numpy()
         values = starts.flatten().to_numpy()
-        return flat, [values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+        masks = None
+        if self.has_loss_mask:
+            bits = table.column("loss_mask").combine_chunks().flatten()
+            masks = bits.to_numpy(zero_copy_only=False).reshape(-1, self.row_tokens)
+        return flat, [values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)], masks
 
 
 def write_rows_stage(stage_dir: str, rows: np.ndarray, doc_starts: Sequence[Sequence[int]], vocab_size: int,

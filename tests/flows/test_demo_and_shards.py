@@ -13,7 +13,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Fl
 
 from flows.demo import DemoConfig, demo
 from flows.shards import ShardsConfig, StageInvalid, shards
-from modeling.pretrain import read_metrics
+from modeling.ray_job import read_metrics
 
 
 def _artifacts(keys, flow_run_id=None):

@@ -13,7 +13,8 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Fl
 
 from flows.pretrain import pretrain
 from modeling.checkpoints import load_hf
-from modeling.pretrain import FAULT_ENV, debug_run, read_metrics, run_pretraining
+from modeling.pretrain import debug_run
+from modeling.ray_job import FAULT_ENV, read_metrics, run_training
 from tests.modeling.helpers import write_token_stage
 
 SEQ_LEN = 32
@@ -89,7 +90,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint_with_the_same_losses(s
     config, _, _ = straight_run
     killed = config.model_copy(update={"run_name": "killed"})
     monkeypatch.setenv(FAULT_ENV, "1:6")  # rank 1 SIGKILLs itself after step 6; checkpoints at 4, 8, 12
-    summary = run_pretraining(killed)
+    summary = run_training(killed)
 
     assert (killed.run_dir / "fault-injected-1-6").exists()
     assert summary["restarts"] == 1

@@ -34,7 +34,7 @@ def test_the_demo_packs_its_curated_text_into_rows_training_reads(demo_run):
     assert manifest["tokens"] == manifest["rows"] * 129
     reader = TokenReader(str(tokens), rank=0, world_size=1, seed=0)
     rows = [row for _, row in zip(range(manifest["rows"]), reader)]
-    assert len(rows) == manifest["rows"] and all(len(tokens_) == 129 for tokens_, _ in rows)
+    assert len(rows) == manifest["rows"] and all(len(row.tokens) == 129 for row in rows)
 
 
 def test_the_demo_mixes_its_sources_by_the_recipe(demo_run):

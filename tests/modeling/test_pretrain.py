@@ -9,7 +9,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from modeling.pretrain import MetricsLog, debug_run, llama2_7b_run, read_metrics, with_overrides
+from modeling.pretrain import debug_run, llama2_7b_run
+from modeling.ray_job import MetricsLog, read_metrics
+from modeling.run_config import with_overrides
 from tests.modeling.helpers import write_token_stage
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,10 +33,10 @@ def config(stage: str, **overrides):
     ({"steps": None}, "give exactly one of train_tokens"),
     ({"train_tokens": 1000}, "give exactly one of train_tokens"),
     ({"steps": None, "train_tokens": 100}, "train_tokens \\(100\\) is less than one batch"),
-    ({"micro_batch_rows": 3}, "global batch of 8 rows .* not divisible by micro_batch_rows 3 x world size 2"),
-    ({"scaling": {"num_workers": 3, "cpus_per_worker": 0.5}}, "not divisible by micro_batch_rows 2 x world size 3"),
+    ({"micro_batch_rows": 3}, "global batch of 8 rows .* not divisible by micro_batch_rows 3 x 2 workers"),
+    ({"scaling": {"num_workers": 3, "cpus_per_worker": 0.5}}, "not divisible by micro_batch_rows 2 x 3 workers"),
     ({"seq_len": 512, "global_batch_tokens": 8 * 512}, "seq_len \\(512\\) exceeds the model's max_seq_len \\(256\\)"),
-    ({"schedule": {"warmup_steps": 50}}, "schedule.warmup_steps \\(50\\) exceeds total_steps \\(10\\)"),
+    ({"schedule": {"warmup_steps": 50}}, "schedule.warmup_steps \\(50\\) exceeds the run.s 10 steps"),
     ({"model": "llama3-8b"}, "unknown model size 'llama3-8b'"),
     ({"model": "llama2-7b", "seq_len": 4096, "global_batch_tokens": 8 * 4096},
      "llama2-7b .* is not trainable on CPUs: set scaling.use_gpu=true"),
@@ -69,7 +71,7 @@ def test_the_cluster_must_hold_every_worker(stage):
 
 def test_the_data_must_exist_be_complete_and_fit(stage, tmp_path):
     assert config(stage).check_data()["rows"] == 48
-    with pytest.raises(FileNotFoundError, match="not a finished token stage .* run the tokenize flow"):
+    with pytest.raises(FileNotFoundError, match="not a finished token stage .* run the stage that packs it first"):
         config(str(tmp_path / "nowhere")).check_data()
     with pytest.raises(ValueError, match="rows hold 33 tokens, so seq_len must be 32, not 16"):
         config(stage, seq_len=16, global_batch_tokens=8 * 16).check_data()
@@ -86,7 +88,7 @@ def test_a_token_budget_gives_the_steps_and_overrides_merge_field_by_field(stage
     assert budget.total_steps == 25
     changed = with_overrides(budget, {"scaling": {"num_workers": 4}, "seed": 9})
     assert changed.scaling.num_workers == 4 and changed.scaling.cpus_per_worker == 0.5 and changed.seed == 9
-    with pytest.raises(ValidationError, match="not divisible by micro_batch_rows 2 x world size 3"):
+    with pytest.raises(ValidationError, match="not divisible by micro_batch_rows 2 x 3 workers"):
         with_overrides(budget, {"scaling": {"num_workers": 3}})
 
 
@@ -95,12 +97,12 @@ def test_the_llama2_7b_deployment_is_the_papers_recipe():
     seven_b = next(d for d in deployments if d["entrypoint"] == "flows.pretrain:pretrain" and d["name"] == "llama2-7b")
     run = llama2_7b_run()
     assert type(run).model_validate(seven_b["parameters"]["config"]) == run
-    train = run.train_config()
-    assert (train.betas, train.eps, train.weight_decay, train.clip_grad_norm) == ((0.9, 0.95), 1e-5, 0.1, 1.0)
-    assert (train.warmup_steps, train.final_lr_ratio, train.peak_lr) == (2000, 0.1, 3e-4)
+    o = run.optimizer
+    assert (o.betas, o.eps, o.weight_decay, o.clip_grad_norm) == ((0.9, 0.95), 1e-5, 0.1, 1.0)
+    assert (run.schedule.warmup_steps, run.schedule.final_lr_ratio, run.peak_lr) == (2000, 0.1, 3e-4)
     assert run.global_batch_tokens == 4 * 2**20 and run.seq_len == 4096
     assert run.total_steps == 2_000_000_000_000 // 4_194_304
-    assert train.accumulation_steps(8) == 64  # 1024 rows = 8 workers x 2 rows x 64 micro batches
+    assert run.accumulation_steps(8) == 64  # 1024 rows = 8 workers x 2 rows x 64 micro batches
 
 
 def test_the_metrics_log_is_rewound_to_the_resumed_step(tmp_path):

@@ -4,9 +4,13 @@ activation-checkpointing parity, DDP (gloo, 2 processes) parity, HF export."""
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import math
 import os
 import socket
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +22,9 @@ from modeling.checkpoints import load_hf
 from modeling.llama import Llama
 from modeling.optim import build_optimizer, cosine_schedule
 from modeling.parallelize import apply_activation_checkpointing, apply_data_parallel, checkpointed_layers
-from modeling.train import TrainConfig, Trainer, checkpoint_steps
+from modeling.checkpoint_folders import checkpoint_steps
+from modeling.pretrain import PretrainConfig
+from modeling.train import Trainer
 from tests.modeling.helpers import assert_equal_within, random_tokens, tiny_config, write_token_stage
 
 pytestmark = [
@@ -42,10 +48,15 @@ def repeated_stage(tmp_path_factory) -> str:
     return write_token_stage(tmp_path_factory.mktemp("tokens") / "tokens", np.stack(rows), starts, VOCAB)
 
 
-def train_config(data_dir: str, **overrides) -> TrainConfig:
-    settings = dict(data_dir=data_dir, seq_len=SEQ_LEN, global_batch_tokens=4 * SEQ_LEN, micro_batch_rows=2,
-                    total_steps=8, warmup_steps=2, model=tiny_config(vocab_size=VOCAB), lr=3e-3, seed=7)
-    return TrainConfig(**(settings | overrides))
+def train_config(data: str, run_dir: Path | None = None, **overrides) -> PretrainConfig:
+    """A small run on `data` living in `run_dir` (a fresh folder when None: nothing to resume)."""
+    run_dir = run_dir or Path(tempfile.mkdtemp(prefix="run-")) / "run"
+    settings = dict(run_name=run_dir.name, output=str(run_dir.parent), data=data, seq_len=SEQ_LEN,
+                    global_batch_tokens=4 * SEQ_LEN, micro_batch_rows=2, steps=8, schedule={"warmup_steps": 2},
+                    model=tiny_config(vocab_size=VOCAB), optimizer={"lr": 3e-3}, seed=7, export_hf=False)
+    for key, value in overrides.items():
+        settings[key] = settings.get(key, {}) | value if isinstance(value, dict) else value
+    return PretrainConfig.model_validate(settings)
 
 
 # ------------------------------------------------------------------------------ optimizer and schedule
@@ -77,10 +88,10 @@ def test_weight_decay_applies_to_matrices_only():
 @pytest.mark.parametrize(("overrides", "message"), [
     (dict(seq_len=128), "exceeds the model's max_seq_len"),
     (dict(global_batch_tokens=SEQ_LEN * 4 + 1), "not a whole number of rows"),
-    (dict(micro_batch_rows=0), "micro_batch_rows must be a positive integer"),
-    (dict(warmup_steps=9), "warmup_steps (9) exceeds total_steps (8)"),
-    (dict(checkpoint_interval=2), "checkpoint_dir is not"),
+    (dict(micro_batch_rows=0), "micro_batch_rows\n  Input should be greater than or equal to 1"),
+    (dict(schedule={"warmup_steps": 9}), "schedule.warmup_steps (9) exceeds the run's 8 steps"),
     (dict(model="no-such-size"), "unknown model size"),
+    (dict(optimizer={"lr": None}), "optimizer.lr must be set for an explicit model shape"),
 ])
 def test_config_rejects_bad_settings(overrides, message):
     with pytest.raises((ValueError, KeyError)) as error:
@@ -89,14 +100,13 @@ def test_config_rejects_bad_settings(overrides, message):
 
 
 def test_global_batch_must_split_into_micro_batches_and_ranks():
-    config = train_config("unused", global_batch_tokens=6 * SEQ_LEN, micro_batch_rows=4)
-    with pytest.raises(ValueError, match="not divisible by micro_batch_rows 4 x world size 1"):
-        config.accumulation_steps(1)
+    with pytest.raises(ValueError, match="not divisible by micro_batch_rows 4 x 1 workers"):
+        train_config("unused", global_batch_tokens=6 * SEQ_LEN, micro_batch_rows=4)
     assert train_config("unused", global_batch_tokens=8 * SEQ_LEN).accumulation_steps(2) == 2
 
 
 def test_trainer_rejects_a_stage_of_another_row_length(repeated_stage):
-    with pytest.raises(ValueError, match="rows hold 17 tokens, so TrainConfig.seq_len must be 16, not 8"):
+    with pytest.raises(ValueError, match="rows hold 17 tokens, so seq_len must be 16, not 8"):
         Trainer(train_config(repeated_stage, seq_len=8, global_batch_tokens=32))
 
 
@@ -104,7 +114,7 @@ def test_trainer_rejects_a_stage_of_another_row_length(repeated_stage):
 
 
 def test_loss_decreases_on_a_repeated_pattern(repeated_stage):
-    trainer = Trainer(train_config(repeated_stage, total_steps=12, lr=1e-2))
+    trainer = Trainer(train_config(repeated_stage, steps=12, optimizer={"lr": 1e-2}))
     history = trainer.train()
     losses = [m["loss"] for m in history]
     assert losses[-1] < 0.5 * losses[0]
@@ -114,9 +124,9 @@ def test_loss_decreases_on_a_repeated_pattern(repeated_stage):
 
 
 def test_mfu_uses_flops_per_token(repeated_stage):
-    config = train_config(repeated_stage, peak_flops_per_device=1e12)
+    config = train_config(repeated_stage, scaling={"peak_flops_per_device": 1e12})
     metrics = Trainer(config).train_step()
-    expected = metrics["tokens_per_second"] * config.model_config.flops_per_token(SEQ_LEN) / 1e12
+    expected = metrics["tokens_per_second"] * config.model_shape.flops_per_token(SEQ_LEN) / 1e12
     assert metrics["mfu"] == pytest.approx(expected)
 
 
@@ -125,11 +135,11 @@ def test_resume_from_a_checkpoint_is_bitwise_exact(repeated_stage, tmp_path):
     straight = Trainer(train_config(repeated_stage))
     straight_losses = [straight.train_step()["loss"] for _ in range(8)]
 
-    first = Trainer(train_config(repeated_stage, checkpoint_dir=str(tmp_path / "ckpt")))
+    first = Trainer(train_config(repeated_stage, tmp_path / "ckpt"))
     losses = [first.train_step()["loss"] for _ in range(4)]
     first.save()
     torch.manual_seed(12345)  # the restored RNG state must win over whatever came since
-    resumed = Trainer(train_config(repeated_stage, checkpoint_dir=str(tmp_path / "ckpt")))
+    resumed = Trainer(train_config(repeated_stage, tmp_path / "ckpt"))
     assert resumed.step == 4
     losses += [resumed.train_step()["loss"] for _ in range(4)]
 
@@ -142,8 +152,8 @@ def test_resume_from_a_checkpoint_is_bitwise_exact(repeated_stage, tmp_path):
 
 def test_checkpoints_keep_the_last_n_and_export_to_hf(repeated_stage, tmp_path):
     folder = tmp_path / "ckpt"
-    trainer = Trainer(train_config(repeated_stage, total_steps=5, checkpoint_dir=str(folder),
-                                   checkpoint_interval=1, keep_last=2))
+    trainer = Trainer(train_config(repeated_stage, folder, steps=5,
+                                   checkpoint={"interval_steps": 1, "keep_last": 2}))
     trainer.train()
     assert checkpoint_steps(folder) == [4, 5]
     assert sorted(p.name for p in folder.iterdir()) == ["step-00000004", "step-00000005"]
@@ -157,15 +167,14 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(repeated_stage
     folder = tmp_path / "ckpt"
     straight = Trainer(train_config(repeated_stage))
     straight_losses = [straight.train_step()["loss"] for _ in range(8)]
-    first = Trainer(train_config(repeated_stage, checkpoint_dir=str(folder), checkpoint_interval=2))
-    for _ in range(4):
-        first.train_step()
+    first = Trainer(train_config(repeated_stage, folder, checkpoint={"interval_steps": 2}))
+    first.train(until=4)
     assert checkpoint_steps(folder) == [2, 4]
     data_file = next((folder / "step-00000004").glob("__0_*.distcp"))
     data_file.write_bytes(data_file.read_bytes()[:-100] + bytes(100))  # same size, wrong bytes
 
     with caplog.at_level("WARNING", logger="llamaline.train"):
-        resumed = Trainer(train_config(repeated_stage, checkpoint_dir=str(folder)))
+        resumed = Trainer(train_config(repeated_stage, folder))
     assert resumed.step == 2 and resumed.resumed_from == folder / "step-00000002"
     assert resumed.skipped_checkpoints == [(folder / "step-00000004", f"{data_file.name} does not match its sha256 (corrupt)")]
     assert "step-00000004 cannot be resumed from" in caplog.text
@@ -174,33 +183,33 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_the_one_before(repeated_stage
 
 def test_a_run_with_only_broken_checkpoints_stops_rather_than_start_over(repeated_stage, tmp_path):
     folder = tmp_path / "ckpt"
-    Trainer(train_config(repeated_stage, checkpoint_dir=str(folder), total_steps=2)).train()
+    Trainer(train_config(repeated_stage, folder, steps=2, schedule={"warmup_steps": 1})).train()
     (folder / "step-00000002" / "rank-00000.json").unlink()
     with pytest.raises(RuntimeError, match="none of the checkpoints .* can be resumed from: step-00000002: "
                                            "rank-00000.json is missing"):
-        Trainer(train_config(repeated_stage, checkpoint_dir=str(folder)))
+        Trainer(train_config(repeated_stage, folder))
 
 
 def test_held_out_shards_are_never_trained_on_and_give_a_validation_loss(tmp_path):
     rows = np.stack([(np.arange(SEQ_LEN + 1) + i) % VOCAB for i in range(32)])
     stage = write_token_stage(tmp_path / "tokens", rows, [[0]] * 32, VOCAB, shards=4)
-    config = train_config(stage, holdout_shards=1, validation_interval=2, validation_rows=4, total_steps=4)
+    config = train_config(stage, validation={"holdout_shards": 1, "interval_steps": 2, "rows": 4}, steps=4)
     trainer = Trainer(config)
     history = trainer.train()
-    rows_read = iter(Trainer(config).reader)  # a whole epoch of training rows
-    seen = {int(next(rows_read)[0][0]) for _ in range(24)}
+    rows_read = iter(Trainer(train_config(stage, validation={"holdout_shards": 1})).batches.reader)  # training rows
+    seen = {int(next(rows_read).tokens[0]) for _ in range(24)}
     held_out = {int(r[0]) for r in rows[24:]}
     assert seen.isdisjoint(held_out) and len(seen) == 24
     assert [("validation_loss" in m) for m in history] == [False, True, False, True]
     assert trainer.validation_loss() == trainer.validation_loss()  # the same rows every time
     with pytest.raises(ValueError, match="holdout_shards \\(4\\) leaves none of its 4 shards"):
-        Trainer(train_config(stage, holdout_shards=4))
-    with pytest.raises(ValueError, match="validation_interval is set but there is no validation set"):
-        train_config(stage, validation_interval=2)
+        Trainer(train_config(stage, validation={"holdout_shards": 4}))
+    with pytest.raises(ValueError, match="validation.interval_steps is set but there is no validation set"):
+        train_config(stage, validation={"interval_steps": 2})
 
 
 def test_bf16_autocast_trains(repeated_stage):
-    trainer = Trainer(train_config(repeated_stage, mixed_precision="bf16", total_steps=12, lr=1e-2))
+    trainer = Trainer(train_config(repeated_stage, parallelism={"mixed_precision": "bf16"}, steps=12, optimizer={"lr": 1e-2}))
     losses = [trainer.train_step()["loss"] for _ in range(12)]
     assert all(math.isfinite(x) for x in losses) and losses[-1] < losses[0] - 0.5
     assert trainer.model.output.weight.dtype == torch.float32  # master weights stay fp32
@@ -277,3 +286,29 @@ def test_ddp_over_gloo_matches_one_process_on_the_whole_batch(tmp_path):
     distributed = torch.load(out)
     for name, tensor in model.state_dict().items():
         assert_equal_within(distributed[name], tensor, 1e-5, name)
+
+
+# ------------------------------------------------------------------------------ behaviour kept
+
+
+def test_pretraining_curve_is_bit_for_bit_what_it_was_before_objectives_were_plugged_in(tmp_path):
+    """The curve (losses, gradient norms, lrs, validation losses) and final weights of a small run,
+    recorded with the Trainer before it took objectives: 2 shards, one held out, accumulation 2."""
+    recorded = json.loads((Path(__file__).parent / "data" / "pretrain_curve_666261c.json").read_text())
+    rows = np.stack([(np.arange(33) * (5 + i % 3) + i) % VOCAB for i in range(40)])
+    starts = [[0] if i % 3 == 0 else [0, 7 + i % 11] for i in range(40)]
+    stage = write_token_stage(tmp_path / "tokens", rows, starts, VOCAB, shards=2)
+    config = train_config(stage, tmp_path / "run", seq_len=32, global_batch_tokens=4 * 32, micro_batch_rows=2,
+                          steps=12, schedule={"warmup_steps": 3}, optimizer={"lr": 3e-3}, seed=11,
+                          validation={"holdout_shards": 1, "interval_steps": 4, "rows": 4})
+    trainer = Trainer(config)
+    history = trainer.train()
+    assert [m["loss"] for m in history] == recorded["losses"]
+    assert [m["grad_norm"] for m in history] == recorded["grad_norms"]
+    assert [m["lr"] for m in history] == recorded["lrs"]
+    assert [m.get("validation_loss") for m in history] == recorded["validation_losses"]
+    digest = hashlib.sha256()
+    for name, tensor in sorted(trainer.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.numpy().tobytes())
+    assert digest.hexdigest() == recorded["weights_sha256"]

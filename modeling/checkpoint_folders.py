@@ -1,0 +1,109 @@
+"""A run's checkpoint folders: naming, which rank wrote which file, integrity, RNG state.
+
+A checkpoint is a folder `step-NNNNNNNN` of torch.distributed.checkpoint files (model and
+optimizer, sharded as trained) plus one JSON per rank (step, data position, RNG states and the
+sha256 of the files that rank wrote). A folder being written is `step-NNNNNNNN.tmp`, renamed into
+place when complete; resuming takes the newest folder whose files are all present and intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+CHECKPOINT_NAME = re.compile(r"^step-(\d{8})$")
+TEMPORARY_SUFFIX = ".tmp"
+DCP_METADATA = ".metadata"
+
+
+
+def checkpoint_steps(folder: str | Path) -> list[int]:
+    """Steps of the checkpoint folders in `folder`, ascending (temporary folders are ignored)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := CHECKPOINT_NAME.match(p.name)))
+
+
+def checkpoint_path(folder: str | Path, step: int) -> Path:
+    return Path(folder) / f"step-{step:08d}"
+
+
+def checkpoints_newest_first(folder: str | Path) -> list[Path]:
+    return [checkpoint_path(folder, step) for step in reversed(checkpoint_steps(folder))]
+
+
+def rank_file(folder: Path, rank: int) -> Path:
+    return folder / f"rank-{rank:05d}.json"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def files_written_by(folder: Path, rank: int) -> list[Path]:
+    """The DCP files of one rank (FileSystemWriter names them __<rank>_<n>.distcp; the coordinator,
+    rank 0, also writes .metadata)."""
+    files = sorted(folder.glob(f"__{rank}_*.distcp"))
+    if rank == 0:
+        files.append(folder / DCP_METADATA)
+    return files
+
+
+def checkpoint_problem(folder: str | Path, rank: int, world_size: int) -> str | None:
+    """Why `rank` cannot resume from `folder` (missing or changed files), or None when it can."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return "not a folder"
+    for other in range(world_size):
+        if not rank_file(folder, other).is_file():
+            return f"{rank_file(folder, other).name} is missing (incomplete, or saved by another world size)"
+    try:
+        state = json.loads(rank_file(folder, rank).read_text())
+    except (OSError, ValueError) as error:
+        return f"{rank_file(folder, rank).name} is unreadable: {error}"
+    if state.get("world_size") != world_size:
+        return f"saved by world size {state.get('world_size')}, resuming with {world_size}"
+    for name, expected in state.get("files", {}).items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if sha256_file(path) != expected:
+            return f"{name} does not match its sha256 (corrupt)"
+    return None
+
+
+def rng_state() -> dict[str, Any]:
+    numpy_state = np.random.get_state(legacy=False)
+    state = {
+        "torch": torch.get_rng_state().tolist(),
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": {**numpy_state, "state": {"key": numpy_state["state"]["key"].tolist(),
+                                           "pos": int(numpy_state["state"]["pos"])}},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = dict(state["numpy"])
+    numpy_state["state"] = {"key": np.array(numpy_state["state"]["key"], dtype=np.uint32),
+                            "pos": numpy_state["state"]["pos"]}
+    np.random.set_state(numpy_state)
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])

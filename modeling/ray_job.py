@@ -1,0 +1,274 @@
+"""Any run as a Ray Train job: the per-worker loop, the driver, the run folder's metrics.
+
+`run_training` runs a config (`modeling.run_config.RunConfig`: pretraining, fine-tuning, ...) with
+a `TorchTrainer` on the connected Ray cluster; `python -m modeling.ray_job --kind KIND --config
+JSON` does the same as a Ray job's entrypoint (the flows submit it so on a cluster).
+
+A run lives in `<output>/<run_name>/` (Ray Train's storage path and run name, so the same name
+resumes the same run):
+
+    step-NNNNNNNN/      checkpoints reported through Ray Train (every rank's DCP files merged), the
+                        last `checkpoint.keep_last` kept by Ray's CheckpointConfig
+    metrics.jsonl       one line per step (and events: start, resume, validation), rank 0
+    tensorboard/        the same metrics as TensorBoard event files
+    workers/            per rank and attempt: node, host, pid, device
+    hf/                 the final weights as a Hugging Face folder
+    summary.json        written by the driver when the run ends
+
+Ray Train restarts failed workers (`max_failures`); a restarted worker resumes from the newest
+intact checkpoint of the run folder, skipping a corrupt one with a warning, and rewrites the
+metrics log from that step, so the log shows each step once.
+
+`LLAMALINE_FAULT_KILL_AT_STEP=RANK:STEP` makes that rank's process SIGKILL itself after that step,
+once per run folder: a fault drill (tests use it to kill a worker mid-run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from modeling.checkpoint_folders import checkpoint_steps
+from modeling.run_config import RunConfig
+
+log = logging.getLogger("llamaline.ray_job")
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+FAULT_ENV = "LLAMALINE_FAULT_KILL_AT_STEP"
+# The run kinds a job can be given, by the module that defines each config (imported when needed,
+# so this module does not depend on any objective).
+RUN_KINDS = {"pretrain": "modeling.pretrain:PretrainConfig", "sft": "modeling.sft:SFTConfig"}
+
+
+def config_class(kind: str) -> type[RunConfig]:
+    if kind not in RUN_KINDS:
+        raise ValueError(f"unknown run kind {kind!r}; known: {', '.join(RUN_KINDS)}")
+    module, name = RUN_KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+# ---------------------------------------------------------------------------------- per worker
+
+
+class MetricsLog:
+    """metrics.jsonl and TensorBoard events of a run (rank 0 only), rewound on resume."""
+
+    def __init__(self, run_dir: Path, resumed_step: int) -> None:
+        from tensorboardX import SummaryWriter
+
+        self.path = run_dir / METRICS_FILE
+        kept = [line for line in _read_lines(self.path) if _entry_step(line) <= resumed_step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resumed_step + 1)
+
+    def event(self, step: int, **fields: Any) -> None:
+        self._append({"event": fields.pop("event"), "step": step, "time": time.time(), **fields})
+
+    def step(self, metrics: Mapping[str, Any]) -> None:
+        self._append({**metrics, "time": time.time()})
+        for name, value in metrics.items():
+            if name != "step" and isinstance(value, (int, float)):
+                self.tensorboard.add_scalar(f"train/{name}" if name != "validation_loss" else "validation/loss",
+                                            value, metrics["step"])
+
+    def close(self) -> None:
+        self.tensorboard.close()
+
+    def _append(self, entry: Mapping[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+
+def _read_lines(path: Path) -> list[str]:
+    return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _entry_step(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except ValueError:  # a line cut short by a killed process
+        return sys.maxsize
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The metric entries of a run, in order (half-written last lines skipped)."""
+    entries = []
+    for line in _read_lines(Path(run_dir) / METRICS_FILE):
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            continue
+    return entries
+
+
+def _maybe_inject_fault(run_dir: Path, rank: int, step: int) -> None:
+    wanted = os.environ.get(FAULT_ENV)
+    if not wanted or wanted != f"{rank}:{step}":
+        return
+    marker = run_dir / f"fault-injected-{rank}-{step}"
+    if marker.exists():
+        return
+    marker.write_text(str(os.getpid()))
+    log.warning("fault drill: rank %d kills its own process after step %d", rank, step)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _record_worker(run_dir: Path, rank: int, device: str) -> None:
+    import ray
+
+    folder = run_dir / "workers"
+    folder.mkdir(exist_ok=True)
+    record = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+              "pid": os.getpid(), "device": device, "time": time.time()}
+    with (folder / f"rank-{rank:05d}.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train_loop_per_worker(payload: dict[str, Any]) -> None:
+    """Ray Train's per-worker function: the process group is up (gloo on CPU, NCCL on GPU)."""
+    import ray.train
+    import torch
+
+    from modeling.train import Trainer
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = config_class(payload["kind"]).model_validate(payload["config"])
+    run_dir = Path(payload["run_dir"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    if config.scaling.use_gpu:
+        device = ray.train.torch.get_device()
+    else:
+        device = torch.device("cpu")
+        torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
+    _record_worker(run_dir, rank, str(device))
+
+    trainer = Trainer(config, device, initial_weights=config.initial_weights())
+    ray_checkpoint = ray.train.get_checkpoint()
+    metrics_log = MetricsLog(run_dir, trainer.step) if rank == 0 else None
+    if metrics_log is not None:
+        for folder, reason in trainer.skipped_checkpoints:
+            metrics_log.event(trainer.step, event="checkpoint_skipped", checkpoint=folder.name, reason=reason)
+        metrics_log.event(trainer.step, event="resumed" if trainer.resumed_from else "started",
+                          checkpoint=trainer.resumed_from.name if trainer.resumed_from else None,
+                          ray_checkpoint=ray_checkpoint.path if ray_checkpoint else None,
+                          world_size=trainer.world_size, total_steps=config.total_steps)
+
+    while trainer.step < config.total_steps:
+        metrics = trainer.train_step()
+        if trainer.validation_due():
+            metrics["validation_loss"] = trainer.validation_loss()
+        step = trainer.step
+        reported = {k: v for k, v in metrics.items() if v is not None}
+        if metrics_log is not None:
+            metrics_log.step(reported)
+        if trainer.checkpoint_due():
+            with tempfile.TemporaryDirectory(prefix="llamaline-ckpt-") as local:
+                trainer.write_checkpoint(local)
+                ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(local),
+                                 checkpoint_dir_name=f"step-{step:08d}")
+        elif step % config.log_every == 0:
+            ray.train.report(reported)
+        _maybe_inject_fault(run_dir, rank, step)
+
+    if config.export_hf:
+        tokenizer_files = [config.tokenizer] if config.tokenizer else []
+        trainer.export_hf(run_dir / "hf", tokenizer_files=tokenizer_files)
+    if metrics_log is not None:
+        metrics_log.event(trainer.step, event="finished")
+        metrics_log.close()
+
+
+# ---------------------------------------------------------------------------------- driver
+
+
+def run_training(config: RunConfig) -> dict[str, Any]:
+    """Check the config against the data and the connected Ray cluster, then train with a
+    TorchTrainer (resuming the run of the same name); returns the run's summary."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    config.check_cluster(ray.cluster_resources())
+    config.check_data()
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    scaling = config.scaling
+    resources = {"CPU": scaling.cpus_per_worker} | ({"GPU": 1} if scaling.use_gpu else {})
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"kind": config.kind, "config": config.model_dump(mode="json"), "run_dir": str(run_dir)},
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RayRunConfig(
+            name=config.run_name, storage_path=str(run_dir.parent),
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoint.keep_last),
+            # A fault drill set for the driver reaches the workers too.
+            worker_runtime_env={"env_vars": {FAULT_ENV: os.environ[FAULT_ENV]}} if FAULT_ENV in os.environ else None,
+        ),
+    )
+    started = time.time()
+    result = trainer.fit()
+    summary = summarize(config, wall_seconds=time.time() - started,
+                        ray_checkpoint=result.checkpoint.path if result.checkpoint else None)
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def summarize(config: RunConfig, **extra: Any) -> dict[str, Any]:
+    """What a finished run did, from its metrics log and folder."""
+    run_dir = config.run_dir
+    entries = read_metrics(run_dir)
+    steps = [e for e in entries if "loss" in e and "event" not in e]
+    validation = [e for e in steps if "validation_loss" in e]
+    return {
+        "run_dir": str(run_dir),
+        "model": config.model_name, "kind": config.kind,
+        "steps": steps[-1]["step"] if steps else 0,
+        "total_steps": config.total_steps,
+        "tokens": steps[-1]["tokens"] if steps else 0,
+        "first_loss": steps[0]["loss"] if steps else None,
+        "final_loss": steps[-1]["loss"] if steps else None,
+        "final_validation_loss": validation[-1]["validation_loss"] if validation else None,
+        "restarts": sum(1 for e in entries if e.get("event") == "resumed"),
+        "skipped_checkpoints": [e for e in entries if e.get("event") == "checkpoint_skipped"],
+        "checkpoints": [f"step-{s:08d}" for s in checkpoint_steps(run_dir)],
+        "hf_export": str(run_dir / "hf") if (run_dir / "hf").is_dir() else None,
+        **extra,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entrypoint of the Ray job that the training flows submit to a cluster."""
+    parser = argparse.ArgumentParser(prog="python -m modeling.ray_job", description=__doc__.splitlines()[0])
+    parser.add_argument("--kind", required=True, choices=sorted(RUN_KINDS), help="What the config trains")
+    parser.add_argument("--config", required=True, help="The run's config as JSON")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config = config_class(args.kind).model_validate_json(args.config)
+
+    from tasks.ray_runtime import ensure_ray
+
+    log.info("Ray: %s", ensure_ray())
+    summary = run_training(config)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
