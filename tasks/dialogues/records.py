@@ -118,7 +118,8 @@ def dialogue_problem(messages: Sequence[Message] | Any) -> Problem | None:
     ``messages``: :class:`Message` objects, or decoded JSON (a list of role/content objects).
     A Problem is truthy and its ``str`` is ``"<reason>: <detail>"``.
     """
-    if not (isinstance(messages, Sequence) and not isinstance(messages, str) and all(isinstance(m, Message) for m in messages)):
+    typed = isinstance(messages, list | tuple) and all(isinstance(m, Message) for m in messages)
+    if not typed:
         messages = as_messages(messages)
         if isinstance(messages, Problem):
             return messages
