@@ -81,6 +81,9 @@ class BadRecord:
     locator: str  # file and record position, enough to find it again (e.g. "x.jsonl.gz:line 17")
     error: str
     raw: str  # the raw record (truncated), enough to reproduce the failure
+    # A short stable name of the failure's kind ("invalid_json", "control_tag"), where the reader
+    # has one: receipts and manifests count quarantined records by it.
+    reason: str = ""
 
 
 def document_schema(extra: pa.Schema | None = None) -> pa.Schema:

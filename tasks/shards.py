@@ -122,6 +122,7 @@ class QuarantineWriter:
     def __init__(self, target: Location) -> None:
         self.target = target
         self.count = 0
+        self.reasons: Counter[str] = Counter()
         self._output = None
         self._stream = None
 
@@ -130,6 +131,9 @@ class QuarantineWriter:
             self._output = atomic_output(self.target)
             self._stream = self._output.__enter__()
         line = {"locator": record.locator, "error": record.error, "raw": record.raw[:RAW_EXCERPT_CHARS]}
+        if record.reason:
+            line["reason"] = record.reason
+            self.reasons[record.reason] += 1
         self._stream.write(json.dumps(line, ensure_ascii=False, sort_keys=True).encode() + b"\n")
         self.count += 1
 
@@ -155,6 +159,8 @@ class PartReceipt:
     kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     quarantined: int = 0
+    # Of the quarantined records whose reader named a reason (BadRecord.reason): how many per reason.
+    quarantined_reasons: dict[str, int] = field(default_factory=dict)
     rows: int = 0
     bytes: int = 0
     text_chars: int = 0
@@ -170,6 +176,11 @@ class PartReceipt:
                 f"{self.path}: counts do not reconcile: in={self.docs_in} != kept={self.kept} "
                 f"+ dropped={dropped} + quarantined={self.quarantined}"
             )
+        if sum(self.quarantined_reasons.values()) > self.quarantined:
+            raise ValueError(
+                f"{self.path}: {sum(self.quarantined_reasons.values())} quarantined records have reasons, "
+                f"but only {self.quarantined} were quarantined"
+            )
         if self.rows != self.kept:
             raise ValueError(f"{self.path}: {self.rows} rows written but {self.kept} documents kept")
 
@@ -183,9 +194,11 @@ def summarise(receipts: list[PartReceipt]) -> dict[str, Any]:
 
     def total(parts: list[PartReceipt]) -> dict[str, Any]:
         dropped: Counter[str] = Counter()
+        quarantined_reasons: Counter[str] = Counter()
         for r in parts:
             dropped.update(r.dropped)
-        return {
+            quarantined_reasons.update(r.quarantined_reasons)
+        totals = {
             "parts": len(parts),
             "docs_in": sum(r.docs_in for r in parts),
             "kept": sum(r.kept for r in parts),
@@ -195,6 +208,11 @@ def summarise(receipts: list[PartReceipt]) -> dict[str, Any]:
             "bytes": sum(r.bytes for r in parts),
             "text_chars": sum(r.text_chars for r in parts),
         }
+        # Only where a reader named reasons: the totals of a manifest written before reasons
+        # existed still equal those recomputed from its parts (tasks.validate compares them).
+        if quarantined_reasons:
+            totals["quarantined_reasons"] = dict(sorted(quarantined_reasons.items()))
+        return totals
 
     sources = sorted({r.source for r in receipts})
     summary = total(receipts)

@@ -160,6 +160,7 @@ def run_shard(spec: StageSpec, unit: ShardUnit) -> PartReceipt:
                 writer.write(kept)
                 text_chars += len(kept.text)
         receipt.quarantined = quarantine.count
+        receipt.quarantined_reasons = dict(sorted(quarantine.reasons.items()))
     receipt.kept = writer.rows
     receipt.rows = writer.rows
     receipt.dropped = dict(sorted(dropped.items()))

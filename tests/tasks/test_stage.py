@@ -78,6 +78,9 @@ def test_counts_reconcile_and_every_record_lands_once(tmp_path):
     assert [q["error"] for q in quarantined][1] == "ValueError: cannot handle poison"
     assert quarantined[0]["locator"].endswith("in-0.jsonl.gz:line 4")
     assert quarantined[0]["raw"] == "not json\n"
+    # The reader names its failure's kind; a step's failure has none, so it is counted in the total only.
+    assert quarantined[0]["reason"] == "invalid_json" and "reason" not in quarantined[1]
+    assert receipt.quarantined_reasons == {"invalid_json": 1}
     assert receipt.steps["min_length"]["dropped"] == {"min_length:too_short": 5}
 
 
@@ -85,6 +88,9 @@ def test_receipt_refuses_counts_that_do_not_reconcile(tmp_path):
     receipt = PartReceipt("c4", 0, "p", None, docs_in=10, kept=5, rows=5, dropped={"x": 3}, quarantined=1)
     with pytest.raises(ValueError, match="do not reconcile"):
         receipt.save(receipt_location(make_spec(tmp_path).stage_dir, "c4", 0))
+    counted = PartReceipt("c4", 0, "p", None, docs_in=3, kept=1, rows=1, quarantined=2, quarantined_reasons={"invalid_json": 3})
+    with pytest.raises(ValueError, match="3 quarantined records have reasons, but only 2"):
+        counted.save(receipt_location(make_spec(tmp_path).stage_dir, "c4", 0))
 
 
 def test_stage_manifest_and_validation(tmp_path, ray_local):

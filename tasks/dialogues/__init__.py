@@ -1,0 +1,1 @@
+"""Dialogues (system, user and assistant turns) as document-stage records: readers and their ingest stage."""
