@@ -107,7 +107,7 @@ def _pairs(messages: Iterable[Mapping[str, str]], *, last_role: str) -> tuple[li
                              f"Llama 2's format needs {SHAPE}")
     if turns[-1]["role"] != last_role:
         use = "encode_prompt" if last_role == "assistant" else "encode_dialogue"
-        raise ValueError(f"the dialogue ends with a {turns[-1]['role']} message, not {last_role} (see {use})")
+        raise ValueError(f"the dialogue's last message is {turns[-1]['role']!r}, not {last_role!r} (see {use})")
     users = [message["content"] for message in turns[0::2]]
     if system is not None:
         users[0] = B_SYS + system + E_SYS + users[0]
