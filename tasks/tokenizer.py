@@ -25,6 +25,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from tasks.chat_format import CHAT_TEMPLATE
 from tasks.storage import atomic_output, resolve
 
 MODEL_FILE = "tokenizer.model"
@@ -240,6 +241,8 @@ def export_hf(tokenizer: Tokenizer, folder: str | os.PathLike[str]) -> Path:
     and EOS not. Text that spells a control piece ("<s>", "</s>", "<unk>") is text, as in
     SentencePiece, so a user cannot end a chat turn by typing "</s>"; callers add BOS/EOS by id
     (a transformers caller who wants the strings matched passes split_special_tokens=False).
+    The config holds Llama 2's chat template (`tasks.chat_format.CHAT_TEMPLATE`), which needs
+    that matching and so refuses messages that spell a control token.
     The conversion is our own (`hf_backend`), not transformers' converter, whose merges ignore
     the piece scores (see `bpe_merges`).
     """
@@ -270,6 +273,10 @@ def export_hf(tokenizer: Tokenizer, folder: str | os.PathLike[str]) -> Path:
     }
     if extra_controls:
         config["additional_special_tokens"] = extra_controls
+    if tokenizer.bos_id >= 0 and tokenizer.eos_id >= 0:
+        # tokenizer_config.json, not chat_template.jinja: every transformers version and vLLM, TGI
+        # and llama.cpp's converter read it there
+        config["chat_template"] = CHAT_TEMPLATE
     _write_json(folder / "tokenizer_config.json", config)
     # transformers 5 reads the special tokens from tokenizer_config.json; older readers and other
     # frameworks (vLLM, TGI, llama.cpp's converter) still look for this file.
