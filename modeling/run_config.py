@@ -125,7 +125,7 @@ class RunConfig(Strict):
                 raise ValueError(error.args[0]) from None
         elif self.optimizer.lr is None:
             raise ValueError("optimizer.lr must be set for an explicit model shape (only named sizes have one)")
-        if self.schedule.warmup_steps > self.total_steps:
+        if self._steps_known() and self.schedule.warmup_steps > self.total_steps:
             raise ValueError(f"schedule.warmup_steps ({self.schedule.warmup_steps}) exceeds the run's "
                              f"{self.total_steps} steps")
         if self.seq_len > self.model_shape.max_seq_len:
@@ -145,6 +145,10 @@ class RunConfig(Strict):
         if self.train_tokens is not None and self.train_tokens < self.global_batch_tokens:
             raise ValueError(f"train_tokens ({self.train_tokens}) is less than one batch of "
                              f"global_batch_tokens ({self.global_batch_tokens})")
+
+    def _steps_known(self) -> bool:
+        """Whether total_steps follows from the config alone (not from the data, as epochs do)."""
+        return True
 
     # ------------------------------------------------------------------------- derived
 

@@ -27,8 +27,8 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, NamedTuple
+from dataclasses import asdict, dataclass, field
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -54,18 +54,65 @@ def token_type(vocab_size: int) -> pa.DataType:
     return pa.uint16() if vocab_size <= 1 << 16 else pa.int32()
 
 
-def shard_schema(vocab_size: int, seq_len: int) -> pa.Schema:
-    return pa.schema([
+def shard_schema(vocab_size: int, seq_len: int, loss_mask: bool = False) -> pa.Schema:
+    fields = [
         ("tokens", pa.list_(token_type(vocab_size), seq_len + 1)),
         ("doc_starts", pa.list_(pa.int32())),
         ("source", pa.string()),
         ("part", pa.int32()),
         ("row_in_part", pa.int32()),
-    ])
+    ]
+    if loss_mask:
+        fields.insert(2, ("loss_mask", pa.list_(pa.bool_(), seq_len + 1)))
+    return pa.schema(fields)
 
 
 def shard_location(stage_dir: Location, index: int) -> Location:
     return stage_dir.join(f"shard-{index:05d}.parquet")
+
+
+@dataclass
+class PackedPart:
+    """One input part's rows, in part order, and what packing did (summed per source in the manifest)."""
+
+    rows: np.ndarray  # (n, row_tokens)
+    doc_starts: pa.ListArray  # per row, in-row offsets where documents (or examples) start
+    loss_mask: np.ndarray | None  # (n, row_tokens) bools: tokens trained on as targets; None: all
+    counts: dict[str, int]  # documents, tokens, rows, ... (ints, summed per source)
+    dropped: dict[str, int] = field(default_factory=dict)  # records not packed, by reason
+
+
+class Packer(Protocol):
+    """Turns one input part into rows. `name` goes into the stage's fingerprint and manifest."""
+
+    name: str
+    loss_mask: bool
+    tail: str  # what becomes of the tokens that do not fill a row (for the manifest)
+
+    def pack(self, unit: ShardUnit, tokenizer: Tokenizer, row_tokens: int, dtype: np.dtype) -> PackedPart: ...
+
+
+@dataclass(frozen=True)
+class DocumentPacker:
+    """Pretraining rows: every document `<s> ids </s>`, concatenated in part order and cut into
+    rows, a document running on into the next row; the part's tail under one row is dropped."""
+
+    name: str = "documents"
+    loss_mask: bool = False
+    tail: str = "dropped: each part's last tokens that do not fill a row"
+
+    def pack(self, unit: ShardUnit, tokenizer: Tokenizer, row_tokens: int, dtype: np.dtype) -> PackedPart:
+        if unit.input is None:
+            raise ValueError(f"{unit.source} part {unit.index}: tokenizing needs an input part")
+
+        def encoded() -> Iterator[list[int]]:
+            for docs in batched(read_part(resolve(unit.input.uri)), ENCODE_BATCH_DOCS):
+                yield from tokenizer.encode_batch([d.text for d in docs], bos=True, eos=True)
+
+        rows, starts, documents, tokens = pack_stream(encoded(), row_tokens, dtype)
+        counts = {"documents": documents, "tokens": tokens, "rows": len(rows),
+                  "tokens_dropped": tokens - len(rows) * row_tokens}
+        return PackedPart(rows, row_doc_starts(starts, len(rows), row_tokens), None, counts)
 
 
 @dataclass(frozen=True)
@@ -77,6 +124,7 @@ class PackJob:
     seq_len: int
     seed: int
     fingerprint: str
+    packer: Packer = DocumentPacker()
 
     @property
     def stage_dir(self) -> Location:
@@ -125,43 +173,36 @@ def packed_location(stage_dir: Location, source: str, part: int, suffix: str) ->
 
 
 def pack_part(job: PackJob, unit: ShardUnit) -> dict[str, Any]:
-    """Tokenize one document part and write its rows sorted by shuffle key; skip if done."""
+    """Pack one input part and write its rows sorted by shuffle key; skip if done."""
     receipt_at = packed_location(job.stage_dir, unit.source, unit.index, ".json")
     done = finished_receipt(receipt_at, job.fingerprint)
     if done is not None:
         return done
-    if unit.input is None:
-        raise ValueError(f"{unit.source} part {unit.index}: tokenizing needs an input part")
-    tokenizer = job.tokenizer
-    dtype = np.dtype(token_type(tokenizer.vocab_size).to_pandas_dtype())
-
-    def encoded() -> Iterator[list[int]]:
-        for docs in batched(read_part(resolve(unit.input.uri)), ENCODE_BATCH_DOCS):
-            yield from tokenizer.encode_batch([d.text for d in docs], bos=True, eos=True)
-
-    rows, starts, documents, tokens = pack_stream(encoded(), job.row_tokens, dtype)
-    n_rows = len(rows)
+    dtype = np.dtype(token_type(job.tokenizer.vocab_size).to_pandas_dtype())
+    packed = job.packer.pack(unit, job.tokenizer, job.row_tokens, dtype)
+    n_rows = len(packed.rows)
     keys = row_keys(job.seed, unit.source, unit.index, n_rows)
     order = np.argsort(keys, kind="stable")
-    table = pa.table({
+    columns = {
         "key": pa.array(keys[order], pa.uint64()),
-        "tokens": pa.FixedSizeListArray.from_arrays(pa.array(rows[order].reshape(-1)), job.row_tokens),
-        "doc_starts": row_doc_starts(starts, n_rows, job.row_tokens).take(pa.array(order)),
+        "tokens": pa.FixedSizeListArray.from_arrays(pa.array(packed.rows[order].reshape(-1)), job.row_tokens),
+        "doc_starts": packed.doc_starts.take(pa.array(order)),
         "row_in_part": pa.array(order, pa.int32()),
-    })
+    }
+    if packed.loss_mask is not None:
+        columns["loss_mask"] = pa.FixedSizeListArray.from_arrays(
+            pa.array(packed.loss_mask[order].reshape(-1), pa.bool_()), job.row_tokens)
     target = packed_location(job.stage_dir, unit.source, unit.index, ".parquet")
     with atomic_output(target) as stream:
-        pq.write_table(table, stream, row_group_size=PACKED_ROW_GROUP_ROWS, compression=COMPRESSION)
+        pq.write_table(pa.table(columns), stream, row_group_size=PACKED_ROW_GROUP_ROWS, compression=COMPRESSION)
     receipt = {
         "source": unit.source,
         "part": unit.index,
-        "input": unit.input.uri,
+        "input": unit.input.uri if unit.input else None,
         "path": target.uri,
         "fingerprint": job.fingerprint,
-        "documents": documents,
-        "tokens": tokens,
-        "rows": n_rows,
-        "tokens_dropped": tokens - n_rows * job.row_tokens,
+        **packed.counts,
+        "dropped": dict(sorted(packed.dropped.items())),
         # First key of every row group: where each output shard's key range lies in this part.
         "row_group_first_keys": [int(k) for k in keys[order][::PACKED_ROW_GROUP_ROWS]],
     }
@@ -262,8 +303,10 @@ def tokenize_and_pack(
     seq_len: int,
     seed: int,
     rows_per_shard: int = 16384,
+    packer: Packer = DocumentPacker(),
 ) -> dict[str, Any]:
-    """Tokenize the parts of a finished document stage into shuffled packed rows; return the manifest.
+    """Tokenize the parts of a finished stage (documents, or what `packer` reads) into shuffled
+    packed rows; return the manifest.
 
     Parts are packed as Ray tasks, then every output shard is gathered as a Ray task. A finished
     stage with the same inputs, tokenizer and parameters is returned as it is; an interrupted run
@@ -281,6 +324,7 @@ def tokenize_and_pack(
         "seed": seed,
         "rows_per_shard": rows_per_shard,
         "format": FORMAT_VERSION,
+        "packer": packer.name,
         "tokenizer_sha256": hashlib.sha256(tokenizer.model_proto).hexdigest(),
         "inputs": [(u.source, u.index, u.input.uri if u.input else None, u.input.sha256 if u.input else None)
                    for u in units],
@@ -288,14 +332,14 @@ def tokenize_and_pack(
     stage_fingerprint = fingerprint(parameters)
 
     def pack_and_gather() -> dict[str, Any]:
-        job = PackJob(stage_dir.uri, tokenizer, seq_len, seed, stage_fingerprint)
+        job = PackJob(stage_dir.uri, tokenizer, seq_len, seed, stage_fingerprint, packer)
         packed = run_tasks(pack_part, [(unit,) for unit in units], shared=(job,), label=f"{stage_name}: packing parts")
         total_rows = sum(r["rows"] for r in packed)
         shards = max(1, math.ceil(total_rows / rows_per_shard))
         for stale in stage_dir.list_files(".parquet"):
             if int(stale.name.removeprefix("shard-").split(".")[0]) >= shards:
                 stale.delete()
-        schema = shard_schema(tokenizer.vocab_size, seq_len)
+        schema = shard_schema(tokenizer.vocab_size, seq_len, packer.loss_mask)
         plans = plan_shards(packed, shards)
         written = run_tasks(write_shard, [(plan, schema) for plan in plans], shared=(job,), label=f"{stage_name}: shards")
         manifest = {
@@ -311,11 +355,13 @@ def tokenize_and_pack(
             "bos_id": tokenizer.bos_id,
             "eos_id": tokenizer.eos_id,
             "tokenizer_sha256": parameters["tokenizer_sha256"],
-            "tail": "dropped: each part's last tokens that do not fill a row",
+            "packer": packer.name,
+            "loss_mask": packer.loss_mask,
+            "tail": packer.tail,
             "rows": total_rows,
             "tokens": total_rows * (seq_len + 1),
             "sources": _per_source(packed),
-            "inputs": [{k: r[k] for k in ("source", "part", "input", "documents", "tokens", "rows", "tokens_dropped")}
+            "inputs": [{k: v for k, v in r.items() if k not in ("path", "fingerprint", "row_group_first_keys")}
                        for r in packed],
             "shards": [{k: s[k] for k in ("path", "rows", "row_groups", "bytes", "sha256")} for s in written],
         }
@@ -328,15 +374,20 @@ def tokenize_and_pack(
     return manifest
 
 
-def _per_source(packed: Sequence[dict[str, Any]]) -> dict[str, dict[str, int]]:
-    totals: dict[str, dict[str, int]] = {}
+def _per_source(packed: Sequence[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Parts and every count of the parts' receipts, summed per source."""
+    totals: dict[str, dict[str, Any]] = {}
     for receipt in packed:
-        source = totals.setdefault(receipt["source"], {"parts": 0, "documents": 0, "tokens": 0, "rows": 0,
-                                                        "tokens_packed": 0, "tokens_dropped": 0})
+        source = totals.setdefault(receipt["source"], {"parts": 0, "dropped": {}})
         source["parts"] += 1
-        for name in ("documents", "tokens", "rows", "tokens_dropped"):
-            source[name] += receipt[name]
-        source["tokens_packed"] = source["tokens"] - source["tokens_dropped"]
+        for name, value in receipt.items():
+            if isinstance(value, int) and not isinstance(value, bool) and name != "part":
+                source[name] = source.get(name, 0) + value
+        for reason, count in receipt.get("dropped", {}).items():
+            source["dropped"][reason] = source["dropped"].get(reason, 0) + count
+    for source in totals.values():
+        if "tokens_dropped" in source:
+            source["tokens_packed"] = source["tokens"] - source["tokens_dropped"]
     return dict(sorted(totals.items()))
 
 

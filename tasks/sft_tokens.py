@@ -1,0 +1,114 @@
+"""Pack a dialogue stage into fine-tuning rows: Llama 2's chat format, loss on answers only.
+
+Each dialogue of a finished dialogue stage (`tasks.dialogues`) becomes one example, its ids and
+loss mask as Meta's `chat_completion` builds them (`tasks.chat_format`). Examples are packed
+greedily, in part order, into rows of `seq_len + 1` tokens: an example that does not fit in what
+is left of a row starts the next one, and the rest of the row is padding (EOS ids, never trained
+on, its own document). An example is never split across rows, so with the document mask and
+positions restarting per example (`modeling.objectives`) a packed row trains exactly as its
+examples would alone. An example longer than a row is cut to the row; if no answer token is left
+it is dropped with the reason `answer_truncated` (it would train on nothing), otherwise counted
+`truncated`. Every dialogue is one example or one drop: `dialogues = examples + dropped`.
+
+The rows then go through the token stage's shuffle and shards (`tasks.tokens`) with a `loss_mask`
+column; the manifest counts dialogues, examples, answer and padding tokens per source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from tasks.chat_format import encode_dialogue
+from tasks.dialogues.records import read_dialogues
+from tasks.stage import ShardUnit, units_from_stage
+from tasks.storage import resolve
+from tasks.tokenizer import Tokenizer
+from tasks.tokens import PackedPart, tokenize_and_pack
+
+SFT_STAGE = "sft-tokens"
+
+
+@dataclass(frozen=True)
+class DialoguePacker:
+    name: str = "dialogues"
+    loss_mask: bool = True
+    tail: str = "padded: a row's room after its last whole example is EOS padding, not trained on"
+
+    def pack(self, unit: ShardUnit, tokenizer: Tokenizer, row_tokens: int, dtype: np.dtype) -> PackedPart:
+        if unit.input is None:
+            raise ValueError(f"{unit.source} part {unit.index}: packing dialogues needs an input part")
+        rows = RowBuilder(row_tokens, tokenizer.eos_id)
+        counts = {"dialogues": 0, "examples": 0, "tokens": 0, "answer_tokens": 0, "truncated": 0}
+        dropped: dict[str, int] = {}
+        for dialogue in read_dialogues(unit.input.uri):
+            counts["dialogues"] += 1
+            messages = [{"role": m.role, "content": m.content} for m in dialogue.messages]
+            try:
+                example = encode_dialogue(tokenizer, messages)
+            except ValueError as error:  # a finished dialogue stage holds only valid dialogues
+                raise ValueError(f"{unit.input.uri}: dialogue {dialogue.id}: {error}") from None
+            ids, mask = example.ids[:row_tokens], example.loss_mask[:row_tokens]
+            if not any(mask):
+                dropped["answer_truncated"] = dropped.get("answer_truncated", 0) + 1
+                continue
+            counts["truncated"] += len(example.ids) > row_tokens
+            counts["examples"] += 1
+            counts["tokens"] += len(ids)
+            counts["answer_tokens"] += sum(mask)
+            rows.add(ids, mask)
+        tokens, masks, starts = rows.finish(dtype)
+        counts["rows"] = len(tokens)
+        counts["padding_tokens"] = len(tokens) * row_tokens - counts["tokens"]
+        doc_starts = pa.array(starts, pa.list_(pa.int32()))
+        return PackedPart(tokens, doc_starts, masks, counts, dropped)
+
+
+class RowBuilder:
+    """Whole examples into rows, padding each row's rest with `pad_id` as a document of its own."""
+
+    def __init__(self, row_tokens: int, pad_id: int) -> None:
+        self.row_tokens, self.pad_id = row_tokens, pad_id
+        self.rows: list[list[int]] = []
+        self.masks: list[list[bool]] = []
+        self.starts: list[list[int]] = []
+        self._ids: list[int] = []
+        self._mask: list[bool] = []
+        self._starts: list[int] = []
+
+    def add(self, ids: list[int], mask: list[bool]) -> None:
+        if len(self._ids) + len(ids) > self.row_tokens:
+            self._close_row()
+        self._starts.append(len(self._ids))
+        self._ids += ids
+        self._mask += mask
+
+    def _close_row(self) -> None:
+        if not self._ids:
+            return
+        room = self.row_tokens - len(self._ids)
+        if room:
+            self._starts.append(len(self._ids))
+        self.rows.append(self._ids + [self.pad_id] * room)
+        self.masks.append(self._mask + [False] * room)
+        self.starts.append(self._starts)
+        self._ids, self._mask, self._starts = [], [], []
+
+    def finish(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
+        self._close_row()
+        tokens = np.array(self.rows, dtype=dtype).reshape(-1, self.row_tokens)
+        masks = np.array(self.masks, dtype=bool).reshape(-1, self.row_tokens)
+        return tokens, masks, self.starts
+
+
+def pack_dialogues(dialogue_stage: str, tokenizer: Tokenizer, out_root: str, *, stage_name: str = SFT_STAGE,
+                   seq_len: int, seed: int, rows_per_shard: int = 16384) -> dict[str, Any]:
+    """Pack a finished dialogue stage into shuffled fine-tuning rows; return the token stage's manifest."""
+    units = units_from_stage(resolve(dialogue_stage))
+    if not units:
+        raise ValueError(f"{dialogue_stage}: the dialogue stage has no parts")
+    return tokenize_and_pack(units, tokenizer, out_root, stage_name=stage_name, seq_len=seq_len, seed=seed,
+                             rows_per_shard=rows_per_shard, packer=DialoguePacker())

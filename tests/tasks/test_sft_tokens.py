@@ -1,0 +1,116 @@
+"""Fine-tuning rows from a dialogue stage: whole examples, loss on answers only, every dialogue
+accounted for, the same rows on a rerun."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tasks.chat_format import encode_dialogue
+from tasks.dialogues.ingest import ingest_dialogues
+from tasks.dialogues.readers import MessagesReader
+from tasks.sft_tokens import RowBuilder, pack_dialogues
+from tasks.synthetic.instructions import make_instructions, tokenizer_texts, write_jsonl
+from tasks.tokenizer import train_tokenizer
+from tasks.tokens import TokenReader, document_ids
+
+SEQ_LEN = 63
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return train_tokenizer(tokenizer_texts(600), tmp_path_factory.mktemp("spm"), vocab_size=600)
+
+
+def long_dialogue(answer_words: int, prompt_words: int = 4) -> dict:
+    return {"messages": [{"role": "user", "content": " ".join(["kiwi"] * prompt_words)},
+                         {"role": "assistant", "content": " ".join(["plum"] * answer_words)}]}
+
+
+@pytest.fixture(scope="module")
+def dialogue_stage(tmp_path_factory, ray_local):
+    folder = tmp_path_factory.mktemp("dialogues")
+    dialogues = make_instructions(60, seed=3, system_share=0.3, multi_turn_share=0.3)
+    # One whose answer starts beyond a row (dropped), one cut inside its answer (kept, truncated).
+    extra = [long_dialogue(10, prompt_words=80), long_dialogue(80)]
+    write_jsonl(folder / "a.jsonl", dialogues[:30])
+    write_jsonl(folder / "b.jsonl", dialogues[30:] + extra)
+    manifest = ingest_dialogues("instructions", [str(folder / "a.jsonl"), str(folder / "b.jsonl")],
+                                str(folder / "out"), MessagesReader())
+    return manifest, dialogues + extra
+
+
+def test_examples_are_packed_whole_with_loss_on_answers_only(tokenizer, dialogue_stage, tmp_path):
+    stage, dialogues = dialogue_stage
+    manifest = pack_dialogues(stage["stage_dir"], tokenizer, str(tmp_path), seq_len=SEQ_LEN, seed=5,
+                              rows_per_shard=4)
+    counts = manifest["sources"]["instructions"]
+    assert counts["dialogues"] == len(dialogues) == 62
+    assert counts["examples"] + sum(counts["dropped"].values()) == counts["dialogues"]
+    assert counts["dropped"] == {"answer_truncated": 1} and counts["truncated"] == 1
+    assert manifest["loss_mask"] is True and manifest["rows"] == counts["rows"]
+    assert counts["padding_tokens"] == counts["rows"] * (SEQ_LEN + 1) - counts["tokens"]
+
+    reader = TokenReader(manifest["stage_dir"], 0, 1, seed=0)
+    rows = [next(iter_rows) for iter_rows in [iter(reader)] for _ in range(manifest["rows"])]
+    answers = []
+    for row in rows:
+        ids = document_ids(row.doc_starts, SEQ_LEN + 1)
+        starts = list(row.doc_starts)
+        for n, start in enumerate(starts):
+            end = starts[n + 1] if n + 1 < len(starts) else SEQ_LEN + 1
+            example = row.tokens[start:end].tolist()
+            assert (ids[start:end] == ids[start]).all()
+            mask = row.loss_mask[start:end]
+            if example[0] == tokenizer.bos_id:
+                assert not mask[0]  # the BOS that opens an example is never a target
+                # Runs of loss tokens are the answers, each ending in EOS (or cut at the row's end).
+                runs, current = [], []
+                for token, trained in zip(example, mask):
+                    if trained:
+                        current.append(token)
+                    elif current:
+                        runs.append(current)
+                        current = []
+                if current:
+                    runs.append(current)
+                answers += [tokenizer.decode(r) for r in runs if r[-1] == tokenizer.eos_id]
+            else:  # padding: EOS ids, no loss
+                assert set(example) == {tokenizer.eos_id} and not mask.any() and n == len(starts) - 1
+    # Meta's pairs are "[INST] {user} [/INST] {answer} " + EOS: the answer's trailing space is its.
+    expected = sorted(m["content"] + " " for d in dialogues[:60] for m in d["messages"] if m["role"] == "assistant")
+    assert sorted(answers) == expected
+
+
+def test_a_rerun_gives_byte_identical_shards_and_a_finished_stage_is_reused(tokenizer, dialogue_stage, tmp_path):
+    stage, _ = dialogue_stage
+    first = pack_dialogues(stage["stage_dir"], tokenizer, str(tmp_path / "one"), seq_len=SEQ_LEN, seed=5)
+    second = pack_dialogues(stage["stage_dir"], tokenizer, str(tmp_path / "two"), seq_len=SEQ_LEN, seed=5)
+    assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in second["shards"]]
+    assert pack_dialogues(stage["stage_dir"], tokenizer, str(tmp_path / "one"), seq_len=SEQ_LEN, seed=5) == first
+    table = pq.read_table(first["shards"][0]["path"])
+    assert table.schema.field("loss_mask").type.list_size == SEQ_LEN + 1
+    assert json.loads(json.dumps(first))["packer"] == "dialogues"
+
+
+def test_the_row_builder_never_splits_an_example_and_pads_as_its_own_document():
+    builder = RowBuilder(8, pad_id=2)
+    for length in (3, 4, 2, 8, 1):
+        builder.add(list(range(10, 10 + length)), [True] * length)
+    tokens, masks, starts = builder.finish(np.dtype(np.uint16))
+    assert tokens.tolist() == [[10, 11, 12, 10, 11, 12, 13, 2], [10, 11, 2, 2, 2, 2, 2, 2],
+                               [10, 11, 12, 13, 14, 15, 16, 17], [10, 2, 2, 2, 2, 2, 2, 2]]
+    assert starts == [[0, 3, 7], [0, 2], [0], [0, 1]]
+    assert masks.sum(axis=1).tolist() == [7, 2, 8, 1]
+
+
+def test_the_chat_format_ids_are_what_gets_packed(tokenizer):
+    dialogue = make_instructions(1, seed=9, multi_turn_share=1.0)[0]
+    example = encode_dialogue(tokenizer, dialogue["messages"])
+    builder = RowBuilder(len(example.ids), pad_id=tokenizer.eos_id)
+    builder.add(example.ids, example.loss_mask)
+    tokens, masks, _ = builder.finish(np.dtype(np.uint16))
+    assert tokens[0].tolist() == example.ids and masks[0].tolist() == example.loss_mask
