@@ -15,6 +15,7 @@ rotary positions restart at every example, so a packed row trains exactly as its
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -155,16 +156,24 @@ class RowSource:
         return self.reader.state().as_dict()
 
     def next_batch(self, rows: int) -> Batch:
-        taken: list[PackedRow] = [next(self._rows) for _ in range(rows)]
-        tokens = torch.from_numpy(np.stack([r.tokens for r in taken]).astype(np.int64)).to(self.device)
-        inputs, targets = tokens[:, :-1], tokens[:, 1:]
-        doc_ids = positions = None
-        if self.document_masking or self.answers_only:
-            ids = np.stack([document_ids(r.doc_starts, self.reader.row_tokens)[:-1] for r in taken])
-            doc_ids = torch.from_numpy(ids).to(self.device)
-            if self.answers_only:
-                positions = torch.from_numpy(example_positions(ids)).to(self.device)
-        if self.answers_only:
-            trained = torch.from_numpy(np.stack([r.loss_mask[1:] for r in taken])).to(self.device)
-            targets = targets.masked_fill(~trained, IGNORE_INDEX)
-        return Batch(inputs, targets, doc_ids, positions)
+        taken = [next(self._rows) for _ in range(rows)]
+        return batch_of_rows(taken, self.device, self.document_masking, self.answers_only)
+
+
+def batch_of_rows(rows: Sequence[PackedRow], device: torch.device, document_masking: bool,
+                  answers_only: bool) -> Batch:
+    """A micro batch of packed rows: inputs and targets shifted by one; with `answers_only`, targets
+    outside the loss mask ignored, the document mask always on and positions restarting per example."""
+    row_tokens = len(rows[0].tokens)
+    tokens = torch.from_numpy(np.stack([r.tokens for r in rows]).astype(np.int64)).to(device)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
+    doc_ids = positions = None
+    if document_masking or answers_only:
+        ids = np.stack([document_ids(r.doc_starts, row_tokens)[:-1] for r in rows])
+        doc_ids = torch.from_numpy(ids).to(device)
+        if answers_only:
+            positions = torch.from_numpy(example_positions(ids)).to(device)
+    if answers_only:
+        trained = torch.from_numpy(np.stack([r.loss_mask[1:] for r in rows])).to(device)
+        targets = targets.masked_fill(~trained, IGNORE_INDEX)
+    return Batch(inputs, targets, doc_ids, positions)
