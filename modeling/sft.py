@@ -19,6 +19,7 @@ import torch
 from pydantic import Field
 
 from modeling.checkpoints import load_hf, load_meta
+from modeling.configs import ModelConfig
 from modeling.objectives import Objective, PackedRows, read_token_manifest
 from modeling.run_config import RunConfig
 from tasks.settings import default_data_root
@@ -75,10 +76,16 @@ class SFTConfig(RunConfig):
             model = load_meta(folder, max_seq_len=self.model_shape.max_seq_len)
         else:
             model = load_hf(folder)
-        if model.config != self.model_shape:
+        if architecture(model.config) != architecture(self.model_shape):
             raise ValueError(f"{self.init}: the base model's shape {model.config} is not the run's model "
                              f"{self.model_name} ({self.model_shape})")
         return model.state_dict()
+
+
+def architecture(config: ModelConfig) -> tuple:
+    """What the weights and the forward depend on (not max_seq_len, nor how the FFN width was given)."""
+    return (config.dim, config.n_layers, config.n_heads, config.n_kv_heads, config.vocab_size, config.ffn_hidden,
+            config.norm_eps, config.rope_theta)
 
 
 def base_model_folder(init: str) -> Path:

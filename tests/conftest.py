@@ -1,4 +1,5 @@
-"""Session-wide real services: one Prefect test harness and one local Ray for the whole run.
+"""Session-wide real services: one Prefect test harness and one local Ray for the whole run; the
+real files of ../shared/corpora that several test directories read.
 
 Every test that needs one of them (directly or through another fixture), or that starts the whole
 stack, is marked ``slow``: ``-m "not slow"`` is the quick tier, which starts neither.
@@ -6,7 +7,12 @@ stack, is marked ``slow``: ``-m "not slow"`` is the quick tier, which starts nei
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+CORPORA = Path(__file__).resolve().parents[1] / ".." / "shared" / "corpora"
+HH_HARMLESS = CORPORA / "preferences" / "harmless-base-test.jsonl.gz"
 
 # The session fixtures that start Ray or Prefect, and those built on them for every test directory.
 SERVICE_FIXTURES = {"ray_local", "prefect_api", "demo_run"}
@@ -36,3 +42,11 @@ def ray_local():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def hh_harmless() -> Path:
+    """The real Anthropic HH harmless-base test split: 2,312 {chosen, rejected} transcript pairs."""
+    if not HH_HARMLESS.is_file():
+        pytest.skip(f"real HH corpus not found at {HH_HARMLESS}")
+    return HH_HARMLESS
