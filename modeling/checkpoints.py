@@ -28,6 +28,7 @@ from torch import Tensor
 
 from modeling.configs import ModelConfig, llama_ffn_hidden
 from modeling.llama import Llama
+from tasks.tokenizer import MODEL_FILE, Tokenizer, export_hf
 
 # Which dimension each weight was split on across model-parallel ranks (None: replicated).
 # fairscale's ColumnParallelLinear splits output rows (dim 0), RowParallelLinear input columns
@@ -394,16 +395,14 @@ def save_hf(
             raise FileNotFoundError(f"tokenizer file {file} does not exist")
         shutil.copy2(file, folder / file.name)
         names.add(file.name)
-    if "tokenizer.model" in names and "tokenizer_config.json" not in names:
-        # A SentencePiece model alone: say it is LLaMA's tokenizer (BOS added, EOS not), so
-        # AutoTokenizer builds it with these special tokens.
-        tokenizer_config = {
-            "tokenizer_class": "LlamaTokenizer",
-            "bos_token": "<s>",
-            "eos_token": "</s>",
-            "unk_token": "<unk>",
-            "add_bos_token": True,
-            "add_eos_token": False,
-        }
-        (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
+    if names == {MODEL_FILE}:
+        # A SentencePiece model alone: the full Hugging Face export (a tokenizer.json that encodes as
+        # SentencePiece does, the chat template) where it converts exactly; otherwise transformers'
+        # SentencePiece-backed LlamaTokenizer (BOS added, EOS not), which reads tokenizer.model itself.
+        try:
+            export_hf(Tokenizer.load(folder / MODEL_FILE), folder)
+        except ValueError:
+            tokenizer_config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>",
+                                "unk_token": "<unk>", "add_bos_token": True, "add_eos_token": False}
+            (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
     return folder

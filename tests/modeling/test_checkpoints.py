@@ -189,8 +189,11 @@ def test_tokenizer_files_are_copied_into_the_export(tmp_path):
     tokenizer = tmp_path / "tok" / "tokenizer.model"
     tokenizer.parent.mkdir()
     tokenizer.write_bytes(b"\x0a\x03abc")
-    save_hf(random_model(tiny_config()), tmp_path / "hf", tokenizer_files=[tokenizer])
+    tokenizer_config = tokenizer.with_name("tokenizer_config.json")
+    tokenizer_config.write_text("{}")
+    save_hf(random_model(tiny_config()), tmp_path / "hf", tokenizer_files=[tokenizer, tokenizer_config])
     assert (tmp_path / "hf" / "tokenizer.model").read_bytes() == b"\x0a\x03abc"
+    assert (tmp_path / "hf" / "tokenizer_config.json").read_text() == "{}"
     with pytest.raises(FileNotFoundError, match="missing.json"):
         save_hf(random_model(tiny_config()), tmp_path / "hf2", tokenizer_files=[tmp_path / "missing.json"])
 

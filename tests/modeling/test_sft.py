@@ -132,6 +132,23 @@ def test_fine_tuning_learns_instructions_the_base_model_cannot_answer(tmp_path, 
           f"(loss {history[0]['loss']:.3f} -> {history[-1]['loss']:.3f})")
     assert before <= 0.02 and after >= 0.5
 
+    # Served through transformers: the chat template gives our prompt ids, greedy decoding our answers.
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    folder = trainer.export_hf(tmp_path / "hf", tokenizer_files=[tmp_path / "spm" / "tokenizer.model"])
+    hf_tokenizer = AutoTokenizer.from_pretrained(folder)
+    hf_model = LlamaForCausalLM.from_pretrained(folder).eval()
+    for dialogue in scored[:12]:
+        prompt = encode_prompt(tokenizer, dialogue["messages"][:-1])
+        templated = hf_tokenizer.apply_chat_template(dialogue["messages"][:-1], add_generation_prompt=True,
+                                                     tokenize=True, tokenizer_kwargs={"split_special_tokens": False})
+        assert templated["input_ids"] == prompt
+        ours = generate(trainer.model, [prompt], max_new_tokens=12, stop_tokens=[tokenizer.eos_id])[0]
+        with torch.no_grad():
+            theirs = hf_model.generate(torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+                                       eos_token_id=tokenizer.eos_id, pad_token_id=tokenizer.eos_id)
+        assert theirs[0, len(prompt):].tolist()[:len(ours)] == ours
+
 
 def test_real_hh_dialogues_ingest_pack_and_fine_tune(tmp_path, ray_local, hh_harmless):
     stage = ingest_dialogues("hh", [str(hh_harmless)], str(tmp_path / "data"), HHReader(field="chosen"))
