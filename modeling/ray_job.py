@@ -39,14 +39,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from modeling.checkpoint_folders import checkpoint_steps
 from modeling.run_config import RunConfig
+from modeling.run_folder import RunFolder, storage_filesystem
+from tasks.storage import atomic_output, resolve, write_json_atomic
 
 log = logging.getLogger("llamaline.ray_job")
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 FAULT_ENV = "LLAMALINE_FAULT_KILL_AT_STEP"
+TENSORBOARD = "tensorboard"
+HF_EXPORT = "hf"
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")
 # The run kinds a job can be given, by the module that defines each config (imported when needed,
 # so this module does not depend on any objective).
 RUN_KINDS = {"pretrain": "modeling.pretrain:PretrainConfig", "sft": "modeling.sft:SFTConfig"}
@@ -65,13 +69,15 @@ def config_class(kind: str) -> type[RunConfig]:
 class MetricsLog:
     """metrics.jsonl and TensorBoard events of a run (rank 0 only), rewound on resume."""
 
-    def __init__(self, run_dir: Path, resumed_step: int) -> None:
+    def __init__(self, run_folder: RunFolder, resumed_step: int) -> None:
         from tensorboardX import SummaryWriter
 
-        self.path = run_dir / METRICS_FILE
+        self.run_folder = run_folder
+        self.path = run_folder.fetch(METRICS_FILE)
         kept = [line for line in _read_lines(self.path) if _entry_step(line) <= resumed_step]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text("".join(line + "\n" for line in kept))
-        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resumed_step + 1)
+        self.tensorboard = SummaryWriter(str(run_folder.local / TENSORBOARD), purge_step=resumed_step + 1)
 
     def event(self, step: int, **fields: Any) -> None:
         self._append({"event": fields.pop("event"), "step": step, "time": time.time(), **fields})
@@ -85,10 +91,12 @@ class MetricsLog:
 
     def close(self) -> None:
         self.tensorboard.close()
+        self.run_folder.publish(TENSORBOARD)
 
     def _append(self, entry: Mapping[str, Any]) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(entry) + "\n")
+        self.run_folder.publish(METRICS_FILE)
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -102,10 +110,12 @@ def _entry_step(line: str) -> int:
         return sys.maxsize
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The metric entries of a run, in order (half-written last lines skipped)."""
+def read_metrics(run: str | Path) -> list[dict[str, Any]]:
+    """The metric entries of a run (its folder's path or URI), in order (half-written last lines skipped)."""
+    log_file = resolve(str(run)).join(METRICS_FILE)
+    lines = log_file.read_bytes().decode().splitlines() if log_file.is_file() else []
     entries = []
-    for line in _read_lines(Path(run_dir) / METRICS_FILE):
+    for line in (line for line in lines if line.strip()):
         try:
             entries.append(json.loads(line))
         except ValueError:
@@ -113,27 +123,30 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     return entries
 
 
-def _maybe_inject_fault(run_dir: Path, rank: int, step: int) -> None:
+def _maybe_inject_fault(run_folder: RunFolder, rank: int, step: int) -> None:
     wanted = os.environ.get(FAULT_ENV)
     if not wanted or wanted != f"{rank}:{step}":
         return
-    marker = run_dir / f"fault-injected-{rank}-{step}"
+    marker = run_folder.location.join(f"fault-injected-{rank}-{step}")
     if marker.exists():
         return
-    marker.write_text(str(os.getpid()))
+    with atomic_output(marker) as stream:
+        stream.write(str(os.getpid()).encode())
     log.warning("fault drill: rank %d kills its own process after step %d", rank, step)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _record_worker(run_dir: Path, rank: int, device: str) -> None:
+def _record_worker(run_folder: RunFolder, rank: int, device: str) -> None:
     import ray
 
-    folder = run_dir / "workers"
-    folder.mkdir(exist_ok=True)
+    name = f"workers/rank-{rank:05d}.jsonl"
+    path = run_folder.fetch(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
     record = {"rank": rank, "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
               "pid": os.getpid(), "device": device, "time": time.time()}
-    with (folder / f"rank-{rank:05d}.jsonl").open("a") as f:
+    with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
+    run_folder.publish(name)
 
 
 def train_loop_per_worker(payload: dict[str, Any]) -> None:
@@ -145,7 +158,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     config = config_class(payload["kind"]).model_validate(payload["config"])
-    run_dir = Path(payload["run_dir"])
+    run_folder = config.run_folder()
     context = ray.train.get_context()
     rank = context.get_world_rank()
     if config.scaling.use_gpu:
@@ -153,11 +166,11 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     else:
         device = torch.device("cpu")
         torch.set_num_threads(max(1, int(config.scaling.cpus_per_worker)))
-    _record_worker(run_dir, rank, str(device))
+    _record_worker(run_folder, rank, str(device))
 
     trainer = Trainer(config, device, initial_weights=config.initial_weights())
     ray_checkpoint = ray.train.get_checkpoint()
-    metrics_log = MetricsLog(run_dir, trainer.step) if rank == 0 else None
+    metrics_log = MetricsLog(run_folder, trainer.step) if rank == 0 else None
     if metrics_log is not None:
         for folder, reason in trainer.skipped_checkpoints:
             metrics_log.event(trainer.step, event="checkpoint_skipped", checkpoint=folder.name, reason=reason)
@@ -181,11 +194,13 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
                                  checkpoint_dir_name=f"step-{step:08d}")
         elif step % config.log_every == 0:
             ray.train.report(reported)
-        _maybe_inject_fault(run_dir, rank, step)
+        _maybe_inject_fault(run_folder, rank, step)
 
     if config.export_hf:
         tokenizer_files = [config.tokenizer] if config.tokenizer else []
-        trainer.export_hf(run_dir / "hf", tokenizer_files=tokenizer_files)
+        trainer.export_hf(run_folder.local / HF_EXPORT, tokenizer_files=tokenizer_files)
+        if rank == 0:
+            run_folder.publish(HF_EXPORT)
     if metrics_log is not None:
         metrics_log.event(trainer.step, event="finished")
         metrics_log.close()
@@ -204,40 +219,48 @@ def run_training(config: RunConfig) -> dict[str, Any]:
 
     config.check_cluster(ray.cluster_resources())
     config.check_data()
-    run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_folder = config.run_folder()
+    run_folder.location.makedirs()
+    storage = resolve(config.output)
     scaling = config.scaling
+    env_vars = {name: os.environ[name] for name in (FAULT_ENV, *storage_env(run_folder)) if name in os.environ}
     resources = {"CPU": scaling.cpus_per_worker} | ({"GPU": 1} if scaling.use_gpu else {})
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"kind": config.kind, "config": config.model_dump(mode="json"), "run_dir": str(run_dir)},
+        train_loop_config={"kind": config.kind, "config": config.model_dump(mode="json")},
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
                                      resources_per_worker=resources),
         run_config=RayRunConfig(
-            name=config.run_name, storage_path=str(run_dir.parent),
+            name=config.run_name, storage_path=storage.path,
+            storage_filesystem=None if run_folder.is_local else storage_filesystem(config.output),
             failure_config=FailureConfig(max_failures=config.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=config.checkpoint.keep_last),
-            # A fault drill set for the driver reaches the workers too.
-            worker_runtime_env={"env_vars": {FAULT_ENV: os.environ[FAULT_ENV]}} if FAULT_ENV in os.environ else None,
+            # A fault drill set for the driver, and where its object store is, reach the workers too.
+            worker_runtime_env={"env_vars": env_vars} if env_vars else None,
         ),
     )
     started = time.time()
     result = trainer.fit()
     summary = summarize(config, wall_seconds=time.time() - started,
                         ray_checkpoint=result.checkpoint.path if result.checkpoint else None)
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
+    write_json_atomic(run_folder.location.join(SUMMARY_FILE), summary)
     return summary
+
+
+def storage_env(run_folder: RunFolder) -> tuple[str, ...]:
+    """The environment that says how to reach the run's object store (none for a local run)."""
+    return () if run_folder.is_local else S3_ENV
 
 
 def summarize(config: RunConfig, **extra: Any) -> dict[str, Any]:
     """What a finished run did, from its metrics log and folder."""
-    run_dir = config.run_dir
-    entries = read_metrics(run_dir)
+    run_folder = config.run_folder()
+    entries = read_metrics(run_folder.uri)
     steps = [e for e in entries if "loss" in e and "event" not in e]
     validation = [e for e in steps if "validation_loss" in e]
     return {
-        "run_dir": str(run_dir),
+        "run_dir": run_folder.uri,
         "model": config.model_name, "kind": config.kind,
         "steps": steps[-1]["step"] if steps else 0,
         "total_steps": config.total_steps,
@@ -247,8 +270,8 @@ def summarize(config: RunConfig, **extra: Any) -> dict[str, Any]:
         "final_validation_loss": validation[-1]["validation_loss"] if validation else None,
         "restarts": sum(1 for e in entries if e.get("event") == "resumed"),
         "skipped_checkpoints": [e for e in entries if e.get("event") == "checkpoint_skipped"],
-        "checkpoints": [f"step-{s:08d}" for s in checkpoint_steps(run_dir)],
-        "hf_export": str(run_dir / "hf") if (run_dir / "hf").is_dir() else None,
+        "checkpoints": [f"step-{s:08d}" for s in run_folder.checkpoint_steps()],
+        "hf_export": run_folder.location.join(HF_EXPORT).uri if run_folder.location.join(HF_EXPORT).exists() else None,
         **extra,
     }
 

@@ -7,7 +7,8 @@ and where the run lives. An objective's config subclasses it (`modeling.pretrain
 loss. The one training core (`modeling.train.Trainer`) and the one Ray Train job
 (`modeling.ray_job`) take any of them.
 
-A run lives in `<output>/<run_name>/`; the same name resumes the same run.
+A run lives in `<output>/<run_name>/`, on a local disk or an object store (`modeling.run_folder`);
+the same name resumes the same run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from modeling.configs import ModelConfig, named_size
+from modeling.run_folder import RunFolder
 from tasks.settings import default_data_root
+from tasks.storage import resolve
 
 if TYPE_CHECKING:
     from modeling.objectives import Objective
@@ -180,8 +183,17 @@ class RunConfig(Strict):
         return self.global_batch_tokens // self.seq_len
 
     @property
+    def run_uri(self) -> str:
+        """Where the run lives: `<output>/<run_name>`, a local path or an object store URI."""
+        return resolve(self.output).join(self.run_name).uri
+
+    def run_folder(self) -> RunFolder:
+        return RunFolder(self.run_uri)
+
+    @property
     def run_dir(self) -> Path:
-        return Path(self.output).absolute() / self.run_name
+        """The run's local working copy (the run folder itself when it lives on a local disk)."""
+        return self.run_folder().local
 
     def accumulation_steps(self, world_size: int) -> int:
         """Micro batches per rank per step; the global batch must split evenly over them."""

@@ -18,7 +18,7 @@ import logging
 import resource
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -32,7 +32,6 @@ from modeling.checkpoint_folders import (
     checkpoint_path,
     checkpoint_problem,
     checkpoint_steps,
-    checkpoints_newest_first,
     files_written_by,
     rank_file,
     rng_state,
@@ -87,7 +86,8 @@ class Trainer:
         self.flops_per_token = config.model_shape.flops_per_token(config.seq_len)
         self.peak_flops = config.scaling.peak_flops_per_device or device_peak_flops(
             self.device, parallelism.mixed_precision)
-        self.resume(checkpoints_newest_first(config.run_dir))
+        self.run_folder = config.run_folder()
+        self.resume(self.run_folder.checkpoints_newest_first())
 
     def _open_batches(self, position: dict | None) -> None:
         self.batches = self.objective.open(self.rank, self.world_size, self.device, position)
@@ -212,9 +212,10 @@ class Trainer:
         return folder
 
     def save(self) -> Path:
-        """Checkpoint the current step in the run folder; keep the last `keep_last`. Returns its folder."""
-        run_dir, keep_last = self.config.run_dir, self.config.checkpoint.keep_last
-        final = checkpoint_path(run_dir, self.step)
+        """Checkpoint the current step in the run folder; keep the last `keep_last`. Returns its
+        folder in the working copy (published to the object store when the run lives on one)."""
+        run_folder, keep_last = self.run_folder, self.config.checkpoint.keep_last
+        final = checkpoint_path(run_folder.local, self.step)
         temporary = final.with_name(final.name + TEMPORARY_SUFFIX)
         if self.rank == 0:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -226,12 +227,16 @@ class Trainer:
             if final.exists():  # the same step saved again
                 shutil.rmtree(final)
             temporary.rename(final)
-            for old in checkpoint_steps(run_dir)[:-keep_last]:
-                shutil.rmtree(checkpoint_path(run_dir, old))
+            run_folder.publish(final.name)
+            kept = run_folder.checkpoint_steps()[-keep_last:]
+            # The store says which checkpoints the run has; a working copy may hold stale ones too.
+            for old in set(run_folder.checkpoint_steps()) | set(checkpoint_steps(run_folder.local)):
+                if old not in kept:
+                    run_folder.remove(checkpoint_path(run_folder.local, old).name)
         self._barrier()
         return final
 
-    def resume(self, candidates: Sequence[str | Path]) -> Path | None:
+    def resume(self, candidates: Iterable[str | Path]) -> Path | None:
         """Load the first intact checkpoint of `candidates` (newest first), skipping, with a warning,
         any that is incomplete or corrupt; None when there are none. Every rank takes the same one."""
         for folder in map(Path, candidates):
@@ -245,9 +250,9 @@ class Trainer:
             self.resumed_from = folder
             log.info("resumed from %s at step %d", folder, self.step)
             return folder
-        if candidates:
-            raise RuntimeError(f"none of the checkpoints {[str(c) for c in candidates]} can be resumed from: "
-                               + "; ".join(f"{p.name}: {r}" for p, r in self.skipped_checkpoints))
+        if self.skipped_checkpoints:
+            raise RuntimeError(f"none of the checkpoints {[str(p) for p, _ in self.skipped_checkpoints]} can be "
+                               "resumed from: " + "; ".join(f"{p.name}: {r}" for p, r in self.skipped_checkpoints))
         return None
 
     def load(self, folder: str | Path) -> None:

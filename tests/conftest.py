@@ -7,6 +7,11 @@ stack, is marked ``slow``: ``-m "not slow"`` is the quick tier, which starts nei
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,3 +55,34 @@ def hh_harmless() -> Path:
     if not HH_HARMLESS.is_file():
         pytest.skip(f"real HH corpus not found at {HH_HARMLESS}")
     return HH_HARMLESS
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """An S3 API server on 127.0.0.1 (moto) with a bucket `llamaline`; AWS_* point pyarrow's S3 client at it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        for name, value in {
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }.items():
+            monkeypatch.setenv(name, value)
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="llamaline")
+        yield "s3://llamaline"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 
 from modeling.pretrain import debug_run, llama2_7b_run
 from modeling.ray_job import MetricsLog, read_metrics
+from modeling.run_folder import RunFolder
 from modeling.run_config import with_overrides
 from tests.modeling.helpers import write_token_stage
 
@@ -106,13 +107,13 @@ def test_the_llama2_7b_deployment_is_the_papers_recipe():
 
 
 def test_the_metrics_log_is_rewound_to_the_resumed_step(tmp_path):
-    first = MetricsLog(tmp_path, 0)
+    first = MetricsLog(RunFolder(str(tmp_path)), 0)
     for step in (1, 2, 3):
         first.step({"step": step, "loss": 4.0 - step})
     first.close()
     with (tmp_path / "metrics.jsonl").open("a") as f:
         f.write('{"step": 4, "lo')  # a line cut short by a killed worker
-    resumed = MetricsLog(tmp_path, 2)
+    resumed = MetricsLog(RunFolder(str(tmp_path)), 2)
     resumed.event(2, event="resumed", checkpoint="step-00000002")
     resumed.step({"step": 3, "loss": 0.5})
     resumed.close()

@@ -1,13 +1,5 @@
-"""The remote-URI path: pyarrow's real S3 client against an S3 API server on 127.0.0.1 (moto)."""
-
-import shutil
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
-import pytest
+"""The remote-URI path: pyarrow's real S3 client against an S3 API server on 127.0.0.1 (moto, the
+`s3_server` fixture of tests/conftest.py)."""
 
 from tasks.executor import read_marker, run_marked
 from tasks.shards import MANIFEST, SUCCESS
@@ -15,36 +7,6 @@ from tasks.stage import ShardUnit, load_manifest, run_shard, stage_is_complete, 
 from tasks.storage import resolve
 from tasks.validate import check_part, check_stage_level
 from tests.tasks.test_stage import make_spec, make_units
-
-
-@pytest.fixture
-def s3_server(monkeypatch):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = shutil.which("moto_server", path=str(Path(sys.executable).parent))
-    proc = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        for name, value in {
-            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-            "AWS_ACCESS_KEY_ID": "test",
-            "AWS_SECRET_ACCESS_KEY": "test",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        }.items():
-            monkeypatch.setenv(name, value)
-        import boto3
-
-        boto3.client("s3").create_bucket(Bucket="llamaline")
-        yield "s3://llamaline"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_stage_on_s3_writes_validates_and_skips(tmp_path, s3_server):
