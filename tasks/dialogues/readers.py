@@ -40,7 +40,7 @@ class MessagesReader:
     max_record_bytes: int = MAX_RECORD_BYTES
 
     def read(self, unit: ShardUnit) -> Iterator[Document | BadRecord]:
-        for item in _records(unit, self.max_record_bytes):
+        for item in json_records(unit, self.max_record_bytes):
             if isinstance(item, BadRecord):
                 yield item
                 continue
@@ -61,7 +61,7 @@ class HHReader:
     max_record_bytes: int = MAX_RECORD_BYTES
 
     def read(self, unit: ShardUnit) -> Iterator[Document | BadRecord]:
-        for item in _records(unit, self.max_record_bytes):
+        for item in json_records(unit, self.max_record_bytes):
             if isinstance(item, BadRecord):
                 yield item
                 continue
@@ -96,7 +96,7 @@ def parse_hh_transcript(transcript: str) -> tuple[Message, ...] | Problem:
     )
 
 
-def _records(unit: ShardUnit, max_record_bytes: int) -> Iterator[tuple[str, dict[str, Any], str] | BadRecord]:
+def json_records(unit: ShardUnit, max_record_bytes: int) -> Iterator[tuple[str, dict[str, Any], str] | BadRecord]:
     """(locator, decoded object, line) for each JSON object line of the unit's input, else its BadRecord."""
     if unit.input is None:
         raise ValueError(f"{unit.source} part {unit.index}: a dialogue reader needs an input file")
@@ -121,13 +121,22 @@ def _dialogue(
     problem = messages if isinstance(messages, Problem) else dialogue_problem(messages)
     if problem is not None:
         return BadRecord(locator, str(problem), raw, problem.reason)
+    doc_id = record_id(unit, locator, meta, id_field, suffix)
+    if isinstance(doc_id, Problem):
+        return BadRecord(locator, doc_id.detail, raw, doc_id.reason)
+    meta = {**meta, "provenance": locator}
+    return Dialogue(doc_id, unit.source, messages, meta).to_document()
+
+
+def record_id(unit: ShardUnit, locator: str, meta: dict[str, Any], id_field: str | None, suffix: str) -> str | Problem:
+    """The record's id from its natural key: ``meta[id_field]``, or the input's file name and line
+    when ``id_field`` is None; ``suffix`` tells apart records made from one line. A ``bad_id``
+    Problem when the named field is no non-empty string or integer."""
     if id_field is None:
         key = f"{posixpath.basename(unit.input.uri)}:{locator.rsplit(':', 1)[1]}{suffix}"
     else:
         value = meta.get(id_field)
         if isinstance(value, bool) or not isinstance(value, str | int) or value == "":
-            detail = f"id field {id_field!r} is {json.dumps(value)[:80]}, not a non-empty string or integer"
-            return BadRecord(locator, detail, raw, "bad_id")
+            return Problem("bad_id", f"id field {id_field!r} is {json.dumps(value)[:80]}, not a non-empty string or integer")
         key = f"{value}{suffix}"
-    meta = {**meta, "provenance": locator}
-    return Dialogue(make_doc_id(unit.source, key), unit.source, messages, meta).to_document()
+    return make_doc_id(unit.source, key)

@@ -1,0 +1,1 @@
+"""Comparisons (a dialogue context, a chosen and a rejected answer) for reward models: records, readers, ingest and mixtures."""
