@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from tasks.dialogues.records import Dialogue, Message, Problem, as_messages, dialogue_problem
 from tasks.documents import BadRecord, Document, make_doc_id
@@ -31,6 +31,7 @@ from tasks.stage import ShardUnit
 # quote "Human:" and "Assistant:" mid-text (a model answering as the human), which stay text.
 HH_TURN = re.compile(r"(?:\A|\n\n)(Human|Assistant):")
 HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+Parsed = TypeVar("Parsed")
 
 
 @dataclass(frozen=True)
@@ -40,16 +41,14 @@ class MessagesReader:
     max_record_bytes: int = MAX_RECORD_BYTES
 
     def read(self, unit: ShardUnit) -> Iterator[Document | BadRecord]:
-        for item in json_records(unit, self.max_record_bytes):
-            if isinstance(item, BadRecord):
-                yield item
-                continue
-            locator, record, raw = item
+        def parse(locator: str, record: dict[str, Any], raw: str) -> Document | BadRecord:
             if self.messages_field in record:
                 messages = as_messages(record.pop(self.messages_field))
             else:
                 messages = Problem("no_messages", f"field {self.messages_field!r} missing")
-            yield _dialogue(unit, locator, raw, record, messages, self.id_field, suffix="")
+            return _dialogue(unit, locator, raw, record, messages, self.id_field, suffix="")
+
+        return json_records(unit, self.max_record_bytes, parse)
 
 
 @dataclass(frozen=True)
@@ -61,11 +60,7 @@ class HHReader:
     max_record_bytes: int = MAX_RECORD_BYTES
 
     def read(self, unit: ShardUnit) -> Iterator[Document | BadRecord]:
-        for item in json_records(unit, self.max_record_bytes):
-            if isinstance(item, BadRecord):
-                yield item
-                continue
-            locator, record, raw = item
+        def parse(locator: str, record: dict[str, Any], raw: str) -> Document | BadRecord:
             transcript = record.get(self.field)
             meta = {k: v for k, v in record.items() if k not in self.transcript_fields and k != self.field}
             meta["transcript_field"] = self.field
@@ -75,7 +70,9 @@ class HHReader:
                 )
             else:
                 messages = parse_hh_transcript(transcript)
-            yield _dialogue(unit, locator, raw, meta, messages, self.id_field, suffix=f":{self.field}")
+            return _dialogue(unit, locator, raw, meta, messages, self.id_field, suffix=f":{self.field}")
+
+        return json_records(unit, self.max_record_bytes, parse)
 
 
 def parse_hh_transcript(transcript: str) -> tuple[Message, ...] | Problem:
@@ -96,8 +93,9 @@ def parse_hh_transcript(transcript: str) -> tuple[Message, ...] | Problem:
     )
 
 
-def json_records(unit: ShardUnit, max_record_bytes: int) -> Iterator[tuple[str, dict[str, Any], str] | BadRecord]:
-    """(locator, decoded object, line) for each JSON object line of the unit's input, else its BadRecord."""
+def json_records(unit: ShardUnit, max_record_bytes: int, parse: Callable[[str, dict[str, Any], str], Parsed]
+                 ) -> Iterator[Parsed | BadRecord]:
+    """`parse(locator, decoded object, line)` for each JSON object line of the unit's input, else its BadRecord."""
     if unit.input is None:
         raise ValueError(f"{unit.source} part {unit.index}: a dialogue reader needs an input file")
     for item in json_lines(unit.input.uri, max_record_bytes):
@@ -106,7 +104,7 @@ def json_records(unit: ShardUnit, max_record_bytes: int) -> Iterator[tuple[str, 
             continue
         locator, raw = item
         record = json_object(locator, raw)
-        yield record if isinstance(record, BadRecord) else (locator, record, raw.decode())
+        yield record if isinstance(record, BadRecord) else parse(locator, record, raw.decode())
 
 
 def _dialogue(

@@ -48,21 +48,18 @@ class ComparisonReader:
     max_record_bytes: int = MAX_RECORD_BYTES
 
     def read(self, unit: ShardUnit) -> Iterator[Document | BadRecord]:
-        for item in json_records(unit, self.max_record_bytes):
-            if isinstance(item, BadRecord):
-                yield item
-                continue
-            locator, record, raw = item
+        def parse(locator: str, record: dict[str, Any], raw: str) -> Document | BadRecord:
             meta = {k: v for k, v in record.items() if k not in COMPARISON_FIELDS}
             context = as_messages(record["context"]) if "context" in record else Problem("no_context", "field 'context' missing")
             answers = [record.get(side) for side in ("chosen", "rejected")]
             if not isinstance(context, Problem) and not all(isinstance(a, str) for a in answers):
                 context = Problem("answer_not_a_string", "fields 'chosen' and 'rejected' must both be strings")
             if isinstance(context, Problem):
-                yield BadRecord(locator, str(context), raw, context.reason)
-                continue
+                return BadRecord(locator, str(context), raw, context.reason)
             labels = {k: record.get(k) for k in ("rating", "chosen_safe", "rejected_safe", "split")}
-            yield _comparison(self, unit, locator, raw, meta, context, *answers, **labels)
+            return _comparison(self, unit, locator, raw, meta, context, *answers, **labels)
+
+        return json_records(unit, self.max_record_bytes, parse)
 
 
 @dataclass(frozen=True)
@@ -73,21 +70,18 @@ class HHPairReader:
     max_record_bytes: int = MAX_RECORD_BYTES
 
     def read(self, unit: ShardUnit) -> Iterator[Document | BadRecord]:
-        for item in json_records(unit, self.max_record_bytes):
-            if isinstance(item, BadRecord):
-                yield item
-                continue
-            locator, record, raw = item
+        def parse(locator: str, record: dict[str, Any], raw: str) -> Document | BadRecord:
             meta = {k: v for k, v in record.items() if k not in ("chosen", "rejected")}
             sides = [_context_and_answer(side, record.get(side)) for side in ("chosen", "rejected")]
             problem = next((s for s in sides if isinstance(s, Problem)), None)
             if problem is None and sides[0][0] != sides[1][0]:
                 problem = _contexts_differ(sides[0][0], sides[1][0])
             if problem is not None:
-                yield BadRecord(locator, str(problem), raw, problem.reason)
-                continue
+                return BadRecord(locator, str(problem), raw, problem.reason)
             (context, chosen), (_, rejected) = sides
-            yield _comparison(self, unit, locator, raw, meta, context, chosen, rejected)
+            return _comparison(self, unit, locator, raw, meta, context, chosen, rejected)
+
+        return json_records(unit, self.max_record_bytes, parse)
 
 
 def _context_and_answer(side: str, transcript: Any) -> tuple[tuple[Message, ...], str] | Problem:
