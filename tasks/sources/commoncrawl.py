@@ -44,6 +44,7 @@ from w3lib.encoding import html_body_declared_encoding, http_content_type_encodi
 from tasks.documents import BadRecord, Document, make_doc_id
 from tasks.language import detect_language
 from tasks.sources import MAX_RECORD_BYTES, over_size
+from tasks.sources.splits import covers_whole, even_ranges, next_member
 from tasks.stage import InputFile, ShardUnit
 from tasks.steps import Drop
 from tasks.storage import resolve
@@ -61,7 +62,6 @@ INFLATE_OUTPUT = 1 << 20
 # A split finds its first record by the gzip member header (ID1 ID2 CM=deflate) of a WARC record.
 GZIP_MAGIC = b"\x1f\x8b\x08"
 WARC_MAGIC = b"WARC/"
-SCAN_WINDOW = 1 << 20
 PROBE_PIECE = 4096
 PROBE_PIECES = 16  # a member whose first 64 KiB give no WARC/ header is no WARC record
 CONTENT_DECODERS = {
@@ -147,7 +147,7 @@ class CommonCrawlReader:
             raise ValueError(f"{unit.source} part {unit.index}: a Common Crawl unit needs an input file")
         uri = unit.input.uri
         reader = _FileReader(uri, unit.source, self.main_content, self.max_record_bytes)
-        if unit.byte_range is None or _whole_file(unit.byte_range, unit.input.size):
+        if covers_whole(unit.byte_range, unit.input.size):
             with resolve(uri).open_input() as raw:
                 yield from reader.items(_ByteSource(raw))
             return
@@ -166,36 +166,20 @@ class CommonCrawlReader:
         with resolve(input_file.uri).open_random_access() as raw:
             if raw.read(2) != GZIP_MAGIC[:2]:
                 return [(0, input_file.size)]
-        return _even_ranges(input_file.size, target_bytes)
-
-
-def _whole_file(byte_range: tuple[int, int], size: int) -> bool:
-    return byte_range[0] == 0 and byte_range[1] >= size
-
-
-def _even_ranges(size: int, target_bytes: int) -> list[tuple[int, int]]:
-    edges = [*range(0, size, max(1, target_bytes)), size]
-    return list(zip(edges, edges[1:]))
+        return even_ranges(input_file.size, target_bytes)
 
 
 def _next_warc_member(probe, offset: int) -> int | None:
-    """The offset of the first gzip member at or after ``offset`` whose content starts a WARC record.
+    """The offset of the first gzip member at or after ``offset`` whose content starts a WARC record
+    (the gzip magic also occurs by chance inside compressed data)."""
+    return next_member(probe, offset, _gzip_magics, _starts_warc_member, len(GZIP_MAGIC))
 
-    The gzip magic also occurs by chance inside compressed data: a candidate counts only when its
-    first decompressed bytes are ``WARC/``.
-    """
-    position = offset
-    while True:
-        probe.seek(position)
-        window = probe.read(SCAN_WINDOW)
-        found = window.find(GZIP_MAGIC)
-        while found != -1:
-            if _starts_warc_member(probe, position + found):
-                return position + found
-            found = window.find(GZIP_MAGIC, found + 1)
-        if len(window) < SCAN_WINDOW:
-            return None
-        position += len(window) - len(GZIP_MAGIC) + 1
+
+def _gzip_magics(window: bytes) -> Iterator[int]:
+    found = window.find(GZIP_MAGIC)
+    while found != -1:
+        yield found
+        found = window.find(GZIP_MAGIC, found + 1)
 
 
 def _starts_warc_member(probe, offset: int) -> bool:

@@ -45,6 +45,7 @@ from urllib.parse import quote
 from tasks.documents import BadRecord, Document, make_doc_id
 from tasks.shards import RAW_EXCERPT_CHARS
 from tasks.sources import MAX_RECORD_BYTES, over_size
+from tasks.sources.splits import covers_whole, even_ranges, next_member
 from tasks.sources.wiki_xml import OVER_SIZE, PageParser
 from tasks.sources.wikitext import WikitextCleaner
 from tasks.stage import InputFile, ShardUnit
@@ -63,7 +64,6 @@ STREAM_START = re.compile(rb"BZh[1-9]\x31\x41\x59\x26\x53\x59")
 STREAM_START_BYTES = 10
 PAGE_START = b"<page"
 READ_CHUNK = 1 << 20
-SCAN_WINDOW = 1 << 20
 PROBE_PIECE = 64 << 10
 PROBE_OUTPUT = 64
 XML_PIECE = 64 << 10
@@ -107,7 +107,7 @@ class WikipediaReader:
         if language is not None:
             self.check_language(language, uri)
         parse = _DumpParse(self, unit.source, uri, language)
-        if unit.byte_range is None or (unit.byte_range[0] == 0 and unit.byte_range[1] >= unit.input.size):
+        if covers_whole(unit.byte_range, unit.input.size):
             with location.open_input() as raw, _decompressed(raw, location.name) as stream:
                 yield from parse.pages(stream)
             return
@@ -124,8 +124,7 @@ class WikipediaReader:
         """
         if not is_multistream(resolve(input_file.uri).name):
             return [(0, input_file.size)]
-        edges = [*range(0, input_file.size, max(1, target_bytes)), input_file.size]
-        return list(zip(edges, edges[1:]))
+        return even_ranges(input_file.size, target_bytes)
 
     def check_language(self, language: str, uri: str) -> None:
         if language not in self.languages:
@@ -392,16 +391,8 @@ def is_multistream(name: str) -> bool:
 
 def _next_stream(probe: Any, offset: int) -> int | None:
     """The offset of the first bz2 stream at or after ``offset`` (stream and block magic, then it decompresses)."""
-    position = offset
-    while True:
-        probe.seek(position)
-        window = probe.read(SCAN_WINDOW)
-        for found in STREAM_START.finditer(window):
-            if _starts_stream(probe, position + found.start()):
-                return position + found.start()
-        if len(window) < SCAN_WINDOW:
-            return None
-        position += len(window) - STREAM_START_BYTES + 1
+    return next_member(probe, offset, lambda window: (m.start() for m in STREAM_START.finditer(window)),
+                       _starts_stream, STREAM_START_BYTES)
 
 
 def _starts_stream(probe: Any, offset: int) -> bool:
