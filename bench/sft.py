@@ -24,7 +24,7 @@ LlamaForCausalLM folder, so both start from the same weights. The same optimizer
 step = `--rows` rows of `--seq` tokens, on `--threads` threads.
 
   ours         the dialogue stage packed by tasks.sft_tokens.pack_dialogues (whole examples per row,
-               greedy in order, EOS padding, loss mask), trained by modeling.train.Trainer with
+               best-fit decreasing, EOS padding, loss mask), trained by modeling.train.Trainer with
                modeling.sft.SFTConfig (loss on answers only, attention kept within each example,
                positions restarting per example)
   TRL packed   SFTTrainer on the same dialogues as `messages`, tokenized by TRL with our chat

@@ -1,10 +1,9 @@
 """Pack a dialogue stage into fine-tuning rows: Llama 2's chat format, loss on answers only.
 
 Each dialogue of a finished dialogue stage (`tasks.dialogues`) becomes one example, its ids and
-loss mask as Meta's `chat_completion` builds them (`tasks.chat_format`). Examples are packed
-greedily, in part order, into rows of `seq_len + 1` tokens: an example that does not fit in what
-is left of a row starts the next one, and the rest of the row is padding (EOS ids, never trained
-on, its own document). An example is never split across rows, so with the document mask and
+loss mask as Meta's `chat_completion` builds them (`tasks.chat_format`). A part's examples
+are packed into rows of `seq_len + 1` tokens by best-fit decreasing (`RowBuilder`: as dense as
+TRL's "bfd" packing); the rest of a row is padding (EOS ids, never trained on, its own document). An example is never split across rows, so with the document mask and
 positions restarting per example (`modeling.objectives`) a packed row trains exactly as its
 examples would alone. An example longer than a row is cut to the row; if no answer token is left
 it is dropped with the reason `answer_truncated` (it would train on nothing), otherwise counted
@@ -16,6 +15,7 @@ column; the manifest counts dialogues, examples, answer and padding tokens per s
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,40 +68,52 @@ class DialoguePacker:
 
 
 class RowBuilder:
-    """Whole examples into rows, padding each row's rest with `pad_id` as a document of its own."""
+    """Whole examples into rows by best-fit decreasing: the longest first, each into the fullest row
+    it still fits (a new row when none has room); each row's rest is `pad_id` padding, a document
+    of its own. Rows are in the order they were opened, examples in a row longest first: the same
+    examples always give the same rows."""
 
     def __init__(self, row_tokens: int, pad_id: int) -> None:
         self.row_tokens, self.pad_id = row_tokens, pad_id
-        self.rows: list[list[int]] = []
-        self.masks: list[list[bool]] = []
-        self.starts: list[list[int]] = []
-        self._ids: list[int] = []
-        self._mask: list[bool] = []
-        self._starts: list[int] = []
+        self._examples: list[tuple[list[int], list[bool]]] = []
 
     def add(self, ids: list[int], mask: list[bool]) -> None:
-        if len(self._ids) + len(ids) > self.row_tokens:
-            self._close_row()
-        self._starts.append(len(self._ids))
-        self._ids += ids
-        self._mask += mask
-
-    def _close_row(self) -> None:
-        if not self._ids:
-            return
-        room = self.row_tokens - len(self._ids)
-        if room:
-            self._starts.append(len(self._ids))
-        self.rows.append(self._ids + [self.pad_id] * room)
-        self.masks.append(self._mask + [False] * room)
-        self.starts.append(self._starts)
-        self._ids, self._mask, self._starts = [], [], []
+        if len(ids) > self.row_tokens:
+            raise ValueError(f"an example of {len(ids)} tokens does not fit a row of {self.row_tokens}")
+        self._examples.append((ids, mask))
 
     def finish(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
-        self._close_row()
-        tokens = np.array(self.rows, dtype=dtype).reshape(-1, self.row_tokens)
-        masks = np.array(self.masks, dtype=bool).reshape(-1, self.row_tokens)
-        return tokens, masks, self.starts
+        order = sorted(range(len(self._examples)), key=lambda n: -len(self._examples[n][0]))
+        rows: list[list[int]] = []  # example numbers per row
+        room: list[int] = []
+        by_room: list[tuple[int, int]] = []  # (room left, row), sorted: the fullest row that fits by bisect
+        for n in order:
+            length = len(self._examples[n][0])
+            at = bisect.bisect_left(by_room, (length, -1))
+            if at == len(by_room):
+                rows.append([])
+                room.append(self.row_tokens)
+                row = len(rows) - 1
+            else:
+                _, row = by_room.pop(at)
+            rows[row].append(n)
+            room[row] -= length
+            bisect.insort(by_room, (room[row], row))
+        tokens = np.full((len(rows), self.row_tokens), self.pad_id, dtype=dtype)
+        masks = np.zeros((len(rows), self.row_tokens), dtype=bool)
+        starts: list[list[int]] = []
+        for r, members in enumerate(rows):
+            offset, row_starts = 0, []
+            for n in members:
+                ids, mask = self._examples[n]
+                row_starts.append(offset)
+                tokens[r, offset:offset + len(ids)] = ids
+                masks[r, offset:offset + len(ids)] = mask
+                offset += len(ids)
+            if offset < self.row_tokens:
+                row_starts.append(offset)  # the padding
+            starts.append(row_starts)
+        return tokens, masks, starts
 
 
 def pack_dialogues(dialogue_stage: str, tokenizer: Tokenizer, out_root: str, *, stage_name: str = SFT_STAGE,

@@ -50,7 +50,8 @@ def test_a_packed_row_trains_exactly_as_its_examples_alone():
                 example(rng, 3, 12, config.vocab_size)]
     [packed] = rows_of(examples, 48)  # 11 + 18 + 17 tokens and 2 of padding
     batch = batch_of_rows([packed], CPU, document_masking=True, answers_only=True)
-    assert batch.positions[0, 11].item() == 0 and batch.positions[0, 28].item() == 17
+    assert packed.doc_starts.tolist() == [0, 18, 35, 46]  # longest first, then the padding
+    assert batch.positions[0, 18].item() == 0 and batch.positions[0, 34].item() == 16
     assert batch.loss_tokens == 5 + 8 + 13
 
     alone = [batch_of_rows(rows_of([e], len(e[0])), CPU, True, True) for e in examples]

@@ -96,15 +96,30 @@ def test_a_rerun_gives_byte_identical_shards_and_a_finished_stage_is_reused(toke
     assert json.loads(json.dumps(first))["packer"] == "dialogues"
 
 
-def test_the_row_builder_never_splits_an_example_and_pads_as_its_own_document():
+def test_the_row_builder_packs_best_fit_decreasing_never_splitting_an_example():
     builder = RowBuilder(8, pad_id=2)
-    for length in (3, 4, 2, 8, 1):
+    for length in (3, 4, 2, 8, 1, 5):
         builder.add(list(range(10, 10 + length)), [True] * length)
     tokens, masks, starts = builder.finish(np.dtype(np.uint16))
-    assert tokens.tolist() == [[10, 11, 12, 10, 11, 12, 13, 2], [10, 11, 2, 2, 2, 2, 2, 2],
-                               [10, 11, 12, 13, 14, 15, 16, 17], [10, 2, 2, 2, 2, 2, 2, 2]]
-    assert starts == [[0, 3, 7], [0, 2], [0], [0, 1]]
-    assert masks.sum(axis=1).tolist() == [7, 2, 8, 1]
+    # 8 alone; 5 then 3 fill a row; 4, 2 and 1 share the last, with one token of padding.
+    assert tokens.tolist() == [[10, 11, 12, 13, 14, 15, 16, 17], [10, 11, 12, 13, 14, 10, 11, 12],
+                               [10, 11, 12, 13, 10, 11, 10, 2]]
+    assert starts == [[0], [0, 5], [0, 4, 6, 7]]
+    assert masks.sum(axis=1).tolist() == [8, 8, 7]
+    with pytest.raises(ValueError, match="an example of 9 tokens does not fit a row of 8"):
+        builder.add(list(range(9)), [True] * 9)
+
+
+def test_best_fit_decreasing_fills_rows_as_densely_as_the_lengths_allow():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(10, 120, 400).tolist()
+    builder = RowBuilder(257, pad_id=2)
+    for length in lengths:
+        builder.add([5] * length, [True] * length)
+    tokens, _, _ = builder.finish(np.dtype(np.uint16))
+    lower_bound = -(-sum(lengths) // 257)
+    assert len(tokens) <= lower_bound + 1  # within a row of the fewest possible
+    assert (tokens == 5).sum() == sum(lengths)  # every example whole, once
 
 
 def test_the_chat_format_ids_are_what_gets_packed(tokenizer):
