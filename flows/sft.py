@@ -25,9 +25,6 @@ from flows.training import stop_job_on_cancellation, train
 from modeling.run_config import with_overrides
 from modeling.sft import SFTConfig, debug_run
 
-READERS = ("messages", "hh")
-
-
 class SFTFlowConfig(BaseModel):
     inputs: list[str] = Field(default_factory=list, description="Dialogue files or folders (paths or URIs) to "
                                                                 "ingest; none: pack the dialogue stage already there")
@@ -90,14 +87,16 @@ def ingest(config: SFTFlowConfig) -> dict[str, Any]:
 @task
 def pack(config: SFTFlowConfig, tokenizer: str) -> dict[str, Any]:
     from tasks.sft_tokens import pack_dialogues
+    from tasks.shards import MANIFEST
     from tasks.storage import resolve
     from tasks.tokenizer import Tokenizer
 
-    if not resolve(config.dialogue_stage).join("_manifest.json").exists():
+    if not resolve(config.dialogue_stage).join(MANIFEST).exists():
         raise FileNotFoundError(f"{config.dialogue_stage}: no finished dialogue stage: give the dialogue files "
                                 f"as inputs to ingest them first")
     root, stage = root_and_name(config.training.data)
-    manifest = pack_dialogues(config.dialogue_stage, Tokenizer.load(tokenizer), root, stage_name=stage, seq_len=config.training.seq_len, seed=config.pack_seed,
+    manifest = pack_dialogues(config.dialogue_stage, Tokenizer.load(tokenizer), root, stage_name=stage,
+                              seq_len=config.training.seq_len, seed=config.pack_seed,
                               rows_per_shard=config.rows_per_shard)
     table = [{"source": source, **counts} for source, counts in sorted(manifest["sources"].items())]
     create_table_artifact(key="sft-tokens", table=table, description=f"Packed dialogues per source in "

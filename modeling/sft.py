@@ -10,6 +10,7 @@ stage's manifest when the data is checked. Presets: `debug` (2 CPUs, a minute or
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import cached_property
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from pydantic import Field
 
 from modeling.checkpoints import load_hf, load_meta
+from modeling.configs import ModelConfig
 from modeling.objectives import Objective, PackedRows, read_token_manifest
 from modeling.run_config import RunConfig
 from tasks.settings import default_data_root
@@ -75,10 +77,16 @@ class SFTConfig(RunConfig):
             model = load_meta(folder, max_seq_len=self.model_shape.max_seq_len)
         else:
             model = load_hf(folder)
-        if model.config != self.model_shape:
+        if architecture(model.config) != architecture(self.model_shape):
             raise ValueError(f"{self.init}: the base model's shape {model.config} is not the run's model "
                              f"{self.model_name} ({self.model_shape})")
         return model.state_dict()
+
+
+def architecture(config: ModelConfig) -> ModelConfig:
+    """The shape with its FFN width spelled out: a Hugging Face export gives the width
+    (intermediate_size) where a named size gives LLaMA's rule (multiple_of), for the same weights."""
+    return dataclasses.replace(config, ffn_hidden_dim=config.ffn_hidden, multiple_of=1, ffn_dim_multiplier=None)
 
 
 def base_model_folder(init: str) -> Path:
@@ -92,9 +100,11 @@ def base_model_folder(init: str) -> Path:
 
 
 def debug_run(**overrides: Any) -> SFTConfig:
-    """The `debug` size fine-tuned on what `make demo` packed: a minute or two on a 2-core machine."""
+    """The `debug` size fine-tuned from `make demo`'s pretraining run on what it packed: a minute or two
+    on a 2-core machine."""
     settings: dict[str, Any] = dict(
-        run_name="sft-debug", model="debug", data=f"{default_data_root()}/demo/sft-tokens", epochs=2, seq_len=128,
+        run_name="sft-debug", model="debug", data=f"{default_data_root()}/demo/sft-tokens",
+        init=f"{default_data_root()}/demo/runs/demo", epochs=2, seq_len=128,
         global_batch_tokens=128 * 8, micro_batch_rows=4, optimizer={"lr": 1e-3}, schedule={"warmup_steps": 0},
         checkpoint={"interval_steps": 10, "keep_last": 2}, scaling={"num_workers": 2, "cpus_per_worker": 0.5},
     )

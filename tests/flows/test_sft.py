@@ -33,8 +33,8 @@ def straight_run(tmp_path_factory, prefect_api, ray_local):
     dialogues[3]["messages"][-1]["role"] = "user"  # ends without an answer: quarantined
     inputs = [str(write_jsonl(root / "raw" / "instructions.jsonl", dialogues))]
     training = debug_run(
-        run_name="straight", model=TINY_MODEL, data=str(root / "sft-tokens"), output=str(root / "runs"), epochs=1,
-        seq_len=SEQ_LEN, global_batch_tokens=8 * SEQ_LEN, micro_batch_rows=2, optimizer={"lr": 3e-3},
+        run_name="straight", model=TINY_MODEL, init=None, data=str(root / "sft-tokens"), output=str(root / "runs"),
+        epochs=1, seq_len=SEQ_LEN, global_batch_tokens=8 * SEQ_LEN, micro_batch_rows=2, optimizer={"lr": 3e-3},
         checkpoint={"interval_steps": 4, "keep_last": 2}, seed=3,
     )
     config = SFTFlowConfig(inputs=inputs, source="instructions", training=training)

@@ -6,9 +6,12 @@ import inspect
 import os
 from pathlib import Path
 
+import pytest
+import torch
 import yaml
 from prefect.utilities.templating import apply_values
 
+from modeling.checkpoints import save_hf
 from modeling.sft import SFTConfig, debug_run, llama2_7b_chat_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,3 +39,20 @@ def test_the_debug_deployment_is_the_debug_preset():
 
     assert "parameters" not in sft_deployment("debug")  # the flow's defaults, then
     assert inspect.signature(sft.fn).parameters["config"].default.training == debug_run()
+
+
+def test_a_run_starts_from_a_pretraining_runs_export_and_refuses_another_shape(tmp_path):
+    from modeling.configs import named_size
+    from modeling.llama import Llama
+
+    torch.manual_seed(0)
+    base = Llama(named_size("debug").config)
+    save_hf(base, tmp_path / "runs" / "demo" / "hf")  # what a pretraining run leaves in its folder
+    weights = debug_run(init=str(tmp_path / "runs" / "demo")).initial_weights()
+    assert weights.keys() == base.state_dict().keys()
+    assert all(torch.equal(weights[name], tensor) for name, tensor in base.state_dict().items())
+
+    wider = debug_run(init=str(tmp_path / "runs" / "demo"), model={"dim": 128, "n_layers": 2, "n_heads": 4},
+                      optimizer={"lr": 1e-3})
+    with pytest.raises(ValueError, match="the base model's shape .* is not the run's model custom"):
+        wider.initial_weights()
