@@ -25,6 +25,7 @@ from flows.training import stop_job_on_cancellation, train
 from modeling.run_config import with_overrides
 from modeling.sft import SFTConfig, debug_run
 
+
 class SFTFlowConfig(BaseModel):
     inputs: list[str] = Field(default_factory=list, description="Dialogue files or folders (paths or URIs) to "
                                                                 "ingest; none: pack the dialogue stage already there")
