@@ -5,6 +5,8 @@ boilerplate, legacy encodings), ingests them with the `ingest` flow on Ray, trai
 models and curates with the LLaMA 1 recipe, validates both stages with the `shards` flow, then
 trains a (toy-sized) tokenizer, mixes the sources (`tasks/mixtures/demo.yaml`), packs the
 mixture into shuffled training rows and pretrains the debug-size model on them with Ray Train.
+Then it fine-tunes that model with the `sft` flow: synthetic instruction dialogues
+(`tasks/synthetic/instructions.py`) ingested, packed with the demo's tokenizer and trained on.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from flows.ingest import IngestConfig, ingest
 from flows.mix import MixConfig, mix
 from flows.pretrain import pretrain
 from flows.quality import TrainQualityConfig, train_quality_model
+from flows.sft import SFTFlowConfig, sft
 from flows.shards import ShardsConfig, shards
 from flows.tokenizer import TrainTokenizerConfig, train_tokenizer_flow
 from flows.tokens import TokenizeConfig, tokenize
 from modeling.pretrain import debug_run
+from modeling.sft import debug_run as sft_debug_run
 from tasks.settings import default_data_root
 from tasks.sources import available_sources
 from tasks.storage import resolve
@@ -74,6 +78,14 @@ def demo(config: DemoConfig = DemoConfig()) -> dict[str, Any]:
     held_out = {"holdout_shards": 1, "interval_steps": 10, "rows": 16} if len(tokens["shards"]) > 1 else {}
     trained = pretrain(debug_run(run_name="demo", data=root.join("tokens").uri, output=root.join("runs").uri,
                                  tokenizer=f"{tokenizer}/tokenizer.model", seed=config.seed, validation=held_out))
+    dialogues = generate_inputs("instructions", root.join("raw", "instructions").uri, config.seed)
+    fine_tuned = sft(SFTFlowConfig(
+        inputs=dialogues, source="instructions", tokenizer=f"{tokenizer}/tokenizer.model", pack_seed=config.seed,
+        training=sft_debug_run(run_name="demo-sft", data=root.join("sft-tokens").uri, output=root.join("runs").uri,
+                               init=trained["run_dir"], seed=config.seed),
+    ))
     print(f"demo: {sum(s['kept'] for s in report['by_source'].values())} curated documents in {report['stage_dir']}; "
-          f"debug model loss {trained['first_loss']:.3f} -> {trained['final_loss']:.3f} in {trained['run_dir']}")
+          f"debug model loss {trained['first_loss']:.3f} -> {trained['final_loss']:.3f} in {trained['run_dir']}; "
+          f"fine-tuned on instructions, loss {fine_tuned['first_loss']:.3f} -> {fine_tuned['final_loss']:.3f} "
+          f"in {fine_tuned['run_dir']}")
     return report

@@ -245,14 +245,63 @@ def pretrain(
 
     Exit code 0: trained; 1: the run failed; 2: the config is invalid (nothing started).
     """
+    from modeling.pretrain import PRESETS, PretrainConfig
+
+    config = _run_config(PretrainConfig, PRESETS, preset, config_file, set_)
+    if print_config:
+        print(config.model_dump_json(indent=2))
+        return
+    use_running_stack()
+    from flows.pretrain import pretrain as pretrain_flow
+
+    _print_summary(_run(pretrain_flow, config))
+
+
+@app.command()
+def sft(
+    input: Annotated[list[str] | None, typer.Option("--input", help="Dialogue file or folder to ingest (repeatable; "
+                                                                    "none: pack the dialogue stage already there)")] = None,
+    reader: Annotated[str, typer.Option(help="messages ({\"messages\": [...]} lines) or hh (Anthropic HH)")] = "messages",
+    source: Annotated[str, typer.Option(help="The inputs' source name in the dialogue stage")] = "dialogues",
+    dialogues: Annotated[str | None, typer.Option(help="Dialogue stage (default: <data root>/dialogues)")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="tokenizer.model (default: <data root>/tokenizer)")] = None,
+    preset: Annotated[str, typer.Option(help="Starting point: debug (the demo's model and dialogues, CPUs) or "
+                                             "llama2-7b-chat")] = "debug",
+    config_file: Annotated[Path | None, typer.Option("--config", help="An SFTConfig as JSON or YAML instead")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Change a field of the run: --set epochs=1 "
+                                                                 "--set init=data/runs/demo")] = None,
+    print_config: Annotated[bool, typer.Option(help="Print the resulting flow config as JSON and exit")] = False,
+) -> None:
+    """Fine-tune a base model on dialogues: ingest, pack in Llama 2's chat format, train with Ray Train (the `sft` flow).
+
+    The data root is the folder of the run's `data` (the packed rows). Exit code 0: trained; 1: the
+    run failed; 2: the config is invalid (nothing started).
+    """
+    from flows.sft import SFTFlowConfig
+    from modeling.sft import PRESETS, SFTConfig
+
+    training = _run_config(SFTConfig, PRESETS, preset, config_file, set_)
+    config = _config(SFTFlowConfig, inputs=[_absolute(path) for path in input or []], reader=reader, source=source,
+                     dialogues=_absolute(dialogues) if dialogues else None,
+                     tokenizer=_absolute(tokenizer) if tokenizer else None, training=training)
+    if print_config:
+        print(config.model_dump_json(indent=2))
+        return
+    use_running_stack()
+    from flows.sft import sft as sft_flow
+
+    _print_summary(_run(sft_flow, config))
+
+
+def _run_config(config_class: type, presets: dict, preset: str, config_file: Path | None, assignments: list[str] | None):
+    """A training run's config: a preset or a file, with --set FIELD=VALUE changes; exit 2 when invalid."""
     import yaml
     from pydantic import ValidationError
 
-    from modeling.pretrain import PRESETS, PretrainConfig
     from modeling.run_config import with_overrides
 
     overrides: dict = {}
-    for assignment in set_ or []:
+    for assignment in assignments or []:
         key, separator, value = assignment.partition("=")
         if not separator or not key:
             console.print(f"[red]error[/red] --set {assignment!r}: expected FIELD=VALUE")
@@ -264,25 +313,21 @@ def pretrain(
         target[leaf] = yaml.safe_load(value)
     try:
         if config_file is not None:
-            config = PretrainConfig.model_validate(yaml.safe_load(config_file.read_text()))
-        elif preset in PRESETS:
-            config = PRESETS[preset]()
+            config = config_class.model_validate(yaml.safe_load(config_file.read_text()))
+        elif preset in presets:
+            config = presets[preset]()
         else:
-            console.print(f"[red]error[/red] unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
+            console.print(f"[red]error[/red] unknown preset {preset!r}; choose from {', '.join(presets)}")
             raise typer.Exit(code=2)
-        config = with_overrides(config, overrides)
+        return with_overrides(config, overrides)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(map(str, first["loc"]))
         console.print(f"[red]error[/red] {where + ': ' if where else ''}{first['msg']}")
         raise typer.Exit(code=2) from exc
-    if print_config:
-        print(config.model_dump_json(indent=2))
-        return
-    use_running_stack()
-    from flows.pretrain import pretrain as pretrain_flow
 
-    summary = _run(pretrain_flow, config)
+
+def _print_summary(summary: dict) -> None:
     console.print(f"{summary['steps']} steps, loss {summary['first_loss']:.4f} -> {summary['final_loss']:.4f}; "
                   f"run folder {summary['run_dir']}")
 

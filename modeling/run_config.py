@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -27,6 +27,8 @@ from tasks.storage import resolve
 
 if TYPE_CHECKING:
     from modeling.objectives import Objective
+
+Model = TypeVar("Model", bound=BaseModel)
 
 GIB = 2**30
 # fp32 weights + fp32 gradients + AdamW's two fp32 moments; activations and buffers come on top.
@@ -254,8 +256,9 @@ def _absolute(path: str | None) -> str | None:
     return path if path is None or "://" in path else str(Path(path).absolute())
 
 
-def with_overrides(config: RunConfig, overrides: Mapping[str, Any] | None) -> RunConfig:
-    """The config with `overrides` merged in (nested options field by field), validated again."""
+def with_overrides(config: Model, overrides: Mapping[str, Any] | None) -> Model:
+    """The config (a run config, or a flow config holding one) with `overrides` merged in (nested
+    options field by field), validated again."""
 
     def merge(base: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
         merged = dict(base)

@@ -99,9 +99,11 @@ def base_model_folder(init: str) -> Path:
 
 
 def debug_run(**overrides: Any) -> SFTConfig:
-    """The `debug` size fine-tuned on what `make demo` packed: a minute or two on a 2-core machine."""
+    """The `debug` size fine-tuned from `make demo`'s pretraining run on what it packed: a minute or two
+    on a 2-core machine."""
     settings: dict[str, Any] = dict(
-        run_name="sft-debug", model="debug", data=f"{default_data_root()}/demo/sft-tokens", epochs=2, seq_len=128,
+        run_name="sft-debug", model="debug", data=f"{default_data_root()}/demo/sft-tokens",
+        init=f"{default_data_root()}/demo/runs/demo", epochs=2, seq_len=128,
         global_batch_tokens=128 * 8, micro_batch_rows=4, optimizer={"lr": 1e-3}, schedule={"warmup_steps": 0},
         checkpoint={"interval_steps": 10, "keep_last": 2}, scaling={"num_workers": 2, "cpus_per_worker": 0.5},
     )

@@ -9,6 +9,7 @@ Dialogues are in the common ``messages`` form (an optional system turn, then use
 rounds; a share of them has two rounds) with ``id`` and ``task`` (the task of the final round) as
 metadata. :func:`split_heldout` keeps every held-out final prompt out of the training dialogues;
 :func:`check_answer` and :func:`exact_match_rate` score generations against the final answer.
+:func:`write_jsonl` writes dialogues as JSON lines; :func:`write_inputs` is the demo's dialogue input.
 Dialogue ``i`` of a seed is drawn from its own generator, so it is the same whatever ``n`` is.
 """
 
@@ -19,6 +20,8 @@ import json
 import random
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+from tasks.storage import atomic_output, resolve
 
 WORDS = (
     "kiwi plum fig pear lime date apple grape melon peach berry mango "
@@ -137,9 +140,22 @@ def write_jsonl(path: str | Path, dialogues: Sequence[Dialogue]) -> Path:
     """One JSON object per line, keys sorted, so the same dialogues give byte-identical files."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    lines = [json.dumps(dialogue, ensure_ascii=False, sort_keys=True, separators=(",", ":")) for dialogue in dialogues]
-    target.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    target.write_bytes(_jsonl(dialogues))
     return target
+
+
+def write_inputs(folder: str, seed: int = 0, n: int = 200) -> list[str]:
+    """``n`` dialogues as one ``instructions.jsonl`` under ``folder`` (a path or URI), the demo's
+    dialogue input; returns its URI."""
+    target = resolve(folder).join("instructions.jsonl")
+    with atomic_output(target) as stream:
+        stream.write(_jsonl(make_instructions(n, seed)))
+    return [target.uri]
+
+
+def _jsonl(dialogues: Sequence[Dialogue]) -> bytes:
+    lines = [json.dumps(dialogue, ensure_ascii=False, sort_keys=True, separators=(",", ":")) for dialogue in dialogues]
+    return "".join(line + "\n" for line in lines).encode("utf-8")
 
 
 def user_prompts(dialogue: Dialogue) -> list[str]:

@@ -1,6 +1,7 @@
 """The demo and shards flows against a real Prefect API and a real local Ray."""
 
 import hashlib
+import math
 import json
 import re
 import shutil
@@ -105,4 +106,23 @@ def test_demo_pretrains_the_debug_model_on_its_tokens(demo_run):
     assert summary["steps"] == summary["total_steps"] == 40
     losses = [e["loss"] for e in read_metrics(run_dir) if "event" not in e]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5  # the 32k logits learn the 400-token vocabulary
+    assert (run_dir / "hf" / "model.safetensors").exists() and (run_dir / "hf" / "tokenizer.model").exists()
+
+
+def test_demo_fine_tunes_its_pretrained_model_on_instruction_dialogues(demo_run):
+    _, _, root = demo_run
+    ingested = json.loads((root / "demo" / "dialogues" / "_manifest.json").read_text())["totals"]["by_source"]
+    dialogues = ingested["instructions"]
+    assert dialogues["docs_in"] == 200 == dialogues["kept"] + dialogues["dropped_total"] + dialogues["quarantined"]
+    packed = json.loads((root / "demo" / "sft-tokens" / "_manifest.json").read_text())
+    counts = packed["sources"]["instructions"]
+    assert counts["dialogues"] == dialogues["kept"] == counts["examples"] + sum(counts["dropped"].values())
+    assert packed["rows"] * 129 == counts["tokens"] + counts["padding_tokens"]
+
+    run_dir = root / "demo" / "runs" / "demo-sft"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["kind"] == "sft"
+    assert summary["steps"] == summary["total_steps"] == math.ceil(2 * packed["rows"] / 8)  # 2 epochs, 8 rows a step
+    losses = [e["loss"] for e in read_metrics(run_dir) if "event" not in e]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0  # the answers are learnt
     assert (run_dir / "hf" / "model.safetensors").exists() and (run_dir / "hf" / "tokenizer.model").exists()

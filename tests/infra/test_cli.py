@@ -17,7 +17,7 @@ from tests.tasks.test_stage import make_spec, make_units
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["up"], ["status"], ["down"], ["demo"], ["shards"], ["ingest"], ["curate"], ["train-quality-model"], ["train-tokenizer"], ["tokenize"], ["mix"], ["pretrain"]])
+@pytest.mark.parametrize("command", [[], ["up"], ["status"], ["down"], ["demo"], ["shards"], ["ingest"], ["curate"], ["train-quality-model"], ["train-tokenizer"], ["tokenize"], ["mix"], ["pretrain"], ["sft"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -45,6 +45,34 @@ def test_pretrain_builds_its_config_from_a_preset_and_sets_and_refuses_a_bad_one
     assert "need at least 2 GPUs of 80 GiB" in " ".join(refused.output.split())
     assert runner.invoke(app, ["pretrain", "--set", "steps"]).exit_code == 2
     assert runner.invoke(app, ["pretrain", "--preset", "gpt-5"]).exit_code == 2
+
+
+def test_sft_builds_its_flow_config_from_inputs_a_preset_and_sets_and_refuses_a_bad_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shown = runner.invoke(app, ["sft", "--input", "hh.jsonl", "--reader", "hh", "--source", "hh-rlhf",
+                                "--preset", "llama2-7b-chat", "--set", "epochs=1", "--set", "init=runs/base",
+                                "--set", "data=stages/sft-tokens", "--print-config"])
+    assert shown.exit_code == 0, shown.output
+    config = json.loads(shown.output)
+    assert (config["inputs"], config["reader"], config["source"]) == ([str(tmp_path / "hh.jsonl")], "hh", "hh-rlhf")
+    training = config["training"]
+    assert (training["epochs"], training["init"], training["scaling"]["num_workers"]) == (1, "runs/base", 8)
+    assert training["optimizer"]["lr"] == 2e-5 and training["global_batch_tokens"] == 64 * 4096
+
+    from flows.sft import SFTFlowConfig
+
+    flow_config = SFTFlowConfig.model_validate(config)
+    assert flow_config.dialogue_stage == str(tmp_path / "stages" / "dialogues")
+    assert flow_config.run_config().init == str(tmp_path / "runs" / "base")
+
+    from_file = tmp_path / "run.yaml"
+    from_file.write_text(yaml.safe_dump({**training, "scaling": {**training["scaling"], "num_workers": 1}}))
+    refused = runner.invoke(app, ["sft", "--config", str(from_file)])
+    assert refused.exit_code == 2
+    assert "need at least 2 GPUs of 80 GiB" in " ".join(refused.output.split())
+    assert runner.invoke(app, ["sft", "--reader", "alpaca"]).exit_code == 2
+    assert runner.invoke(app, ["sft", "--set", "epochs=1", "--set", "steps=3"]).exit_code == 2
+    assert runner.invoke(app, ["sft", "--preset", "llama2-7b"]).exit_code == 2
 
 
 def llamaline(*args: str) -> subprocess.CompletedProcess:
