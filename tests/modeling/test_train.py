@@ -294,7 +294,7 @@ def test_ddp_over_gloo_matches_one_process_on_the_whole_batch(tmp_path):
 def test_pretraining_curve_is_bit_for_bit_what_it_was_before_objectives_were_plugged_in(tmp_path):
     """The curve (losses, gradient norms, lrs, validation losses) and final weights of a small run,
     recorded with the Trainer before it took objectives: 2 shards, one held out, accumulation 2."""
-    recorded = json.loads((Path(__file__).parent / "data" / "pretrain_curve_666261c.json").read_text())
+    recorded = json.loads((Path(__file__).parent / "recorded" / "pretrain_curve_666261c.json").read_text())
     rows = np.stack([(np.arange(33) * (5 + i % 3) + i) % VOCAB for i in range(40)])
     starts = [[0] if i % 3 == 0 else [0, 7 + i % 11] for i in range(40)]
     stage = write_token_stage(tmp_path / "tokens", rows, starts, VOCAB, shards=2)
