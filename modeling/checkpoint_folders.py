@@ -8,7 +8,6 @@ place when complete; resuming takes the newest folder whose files are all presen
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -17,6 +16,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from tasks.storage import resolve, sha256_of
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d{8})$")
 TEMPORARY_SUFFIX = ".tmp"
@@ -36,20 +37,12 @@ def checkpoint_path(folder: str | Path, step: int) -> Path:
     return Path(folder) / f"step-{step:08d}"
 
 
-def checkpoints_newest_first(folder: str | Path) -> list[Path]:
-    return [checkpoint_path(folder, step) for step in reversed(checkpoint_steps(folder))]
-
-
 def rank_file(folder: Path, rank: int) -> Path:
     return folder / f"rank-{rank:05d}.json"
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_of(resolve(str(path)))
 
 
 def files_written_by(folder: Path, rank: int) -> list[Path]:
