@@ -18,9 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from modeling.checkpoints import save_hf
 from modeling.configs import ModelConfig, named_size
+from modeling.llama import Llama
 from modeling.run_folder import RunFolder
 from tasks.settings import default_data_root
 from tasks.storage import resolve
@@ -161,6 +164,15 @@ class RunConfig(Strict):
     def initial_weights(self) -> dict[str, Any] | None:
         """The weights a new run starts from (a fine-tuning run's base model); None: random init."""
         return None
+
+    def new_model(self) -> torch.nn.Module:
+        """The module the run trains, freshly initialised (the core then loads initial_weights or a
+        checkpoint into it): a Llama; a reward run's adds a score head."""
+        return Llama(self.model_shape)
+
+    def save_hf(self, model: torch.nn.Module, folder: str | Path, **options: Any) -> Path:
+        """Write the trained model as a Hugging Face folder (`modeling.checkpoints.save_hf`'s options)."""
+        return save_hf(model, folder, **options)
 
     @property
     def model_name(self) -> str:
