@@ -51,6 +51,8 @@ class OptimizerOptions(Strict):
 
 class ScheduleOptions(Strict):
     warmup_steps: int = Field(2000, ge=0)
+    warmup_share: float = Field(0.0, ge=0, le=1, description="Or this share of the run's steps, if more "
+                                                             "(Llama 2's reward models: 3%, at least 5 steps)")
     final_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decays to this share of the peak")
 
 
@@ -131,8 +133,8 @@ class RunConfig(Strict):
                 raise ValueError(error.args[0]) from None
         elif self.optimizer.lr is None:
             raise ValueError("optimizer.lr must be set for an explicit model shape (only named sizes have one)")
-        if self._steps_known() and self.schedule.warmup_steps > self.total_steps:
-            raise ValueError(f"schedule.warmup_steps ({self.schedule.warmup_steps}) exceeds the run's "
+        if self._steps_known() and self.warmup_steps > self.total_steps:
+            raise ValueError(f"schedule.warmup_steps ({self.warmup_steps}) exceeds the run's "
                              f"{self.total_steps} steps")
         if self.seq_len > self.model_shape.max_seq_len:
             raise ValueError(f"seq_len ({self.seq_len}) exceeds the model's max_seq_len "
@@ -189,6 +191,11 @@ class RunConfig(Strict):
     @property
     def total_steps(self) -> int:
         return self.steps if self.steps is not None else self.train_tokens // self.global_batch_tokens
+
+    @property
+    def warmup_steps(self) -> int:
+        """schedule.warmup_steps, or schedule.warmup_share of the run's steps where that is more."""
+        return max(self.schedule.warmup_steps, math.ceil(self.schedule.warmup_share * self.total_steps))
 
     @property
     def global_batch_rows(self) -> int:

@@ -114,7 +114,7 @@ class Trainer:
         started = time.perf_counter()
         config = self.config
         self.training_model.train()
-        lr = cosine_schedule(self.step, config.schedule.warmup_steps, config.total_steps, config.peak_lr,
+        lr = cosine_schedule(self.step, config.warmup_steps, config.total_steps, config.peak_lr,
                              config.schedule.final_lr_ratio)
         set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
