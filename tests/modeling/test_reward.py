@@ -33,7 +33,7 @@ from tasks.reward_tokens import UNRATED, answer_ends, pack_comparisons, pack_pai
 from tasks.synthetic.comparisons import GAP_RATINGS, make_comparisons
 from tasks.synthetic.instructions import tokenizer_texts
 from tasks.tokenizer import train_tokenizer
-from tasks.tokens import PackedRow, TokenReader
+from tasks.tokens import PackedRow, TokenReader, write_rows_stage
 from tests.modeling.helpers import assert_equal_within, random_model, tiny_config, write_token_stage
 
 pytestmark = [
@@ -189,6 +189,28 @@ def test_the_run_starts_from_the_sft_model_with_a_seeded_score_head(tmp_path):
     assert all(torch.equal(weights[f"backbone.{k}"], v) for k, v in sft.state_dict().items() if k != "output.weight")
     assert torch.equal(weights["score.weight"], initial_score_weight(shape.dim, 7))
     assert not torch.equal(weights["score.weight"], initial_score_weight(shape.dim, 8))
+
+
+def test_pair_rows_train_through_the_core_and_resume_exactly(tmp_path):
+    rng = np.random.default_rng(5)
+    rows = [pair_row(sides(rng, (int(rng.integers(3, 9)), int(rng.integers(3, 9))), 96), 17) for _ in range(24)]
+    labels = [n % (UNRATED + 1) for n in range(24)]
+    stage = write_rows_stage(str(tmp_path / "pairs"), np.stack([r.tokens for r in rows]).astype(np.uint16),
+                             [r.doc_starts.tolist() for r in rows], 96, row_group_rows=8, labels=labels)
+    assert sorted(row.label for _, row in zip(range(24), TokenReader(stage, 0, 1, seed=0))) == sorted(labels)
+
+    def run(name: str, steps: int) -> RewardConfig:
+        return RewardConfig(run_name=name, output=str(tmp_path / "runs"), data=stage, model=tiny_config(), steps=steps,
+                            seq_len=16, global_batch_tokens=8 * 16, micro_batch_rows=4, margins="large",
+                            export_hf=False, optimizer={"lr": 1e-3}, schedule={"warmup_steps": 1},
+                            checkpoint={"interval_steps": 2})
+
+    whole = Trainer(run("whole", 4)).train()
+    assert all(m["loss_tokens"] == 8 and 0 <= m["accuracy"] <= 1 for m in whole)
+    Trainer(run("halves", 4)).train(until=2)
+    resumed = Trainer(run("halves", 4))
+    assert resumed.step == 2
+    assert [m["loss"] for m in resumed.train()] == [m["loss"] for m in whole[2:]]
 
 
 def test_the_hf_export_is_a_sequence_classifier_giving_our_scores(tmp_path):
