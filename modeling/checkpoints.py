@@ -20,6 +20,7 @@ import re
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -375,19 +376,24 @@ def save_hf(
     tokenizer_files: Iterable[str | Path] = (),
     bos_token_id: int = 1,
     eos_token_id: int = 2,
+    head_tensors: Mapping[str, Tensor] | None = None,
+    config_updates: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write config.json + model.safetensors that `LlamaForCausalLM.from_pretrained` loads.
 
     tokenizer_files: the tokenizer's own files (tokenizer.model, tokenizer_config.json, ...),
     copied in so `AutoTokenizer.from_pretrained(folder)` works too. bos/eos default to LLaMA's
-    SentencePiece ids.
+    SentencePiece ids. head_tensors (Hugging Face names) and config_updates export another head
+    on the backbone, e.g. a reward model's as `LlamaForSequenceClassification` (modeling/reward.py).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {name: t.detach().cpu().contiguous() for name, t in to_hf_state_dict(model.state_dict(), model.config)}
+    tensors.update({name: t.detach().cpu().contiguous() for name, t in (head_tensors or {}).items()})
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     dtype = model.tok_embeddings.weight.dtype
     config = hf_config(model.config, dtype=dtype, bos_token_id=bos_token_id, eos_token_id=eos_token_id)
+    config.update(config_updates or {})
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     names = set()
     for file in map(Path, tokenizer_files):

@@ -161,13 +161,15 @@ class LlamaOutput:
 
 
 class Llama(nn.Module):
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, *, next_token_head: bool = True):
+        """next_token_head False: no `output` head, for models that read the final hidden states
+        with a head of their own (a reward model's scalar score, modeling/reward.py)."""
         super().__init__()
         self.config = config
         self.tok_embeddings = nn.Embedding(config.vocab_size, config.dim)
         self.layers = nn.ModuleList(TransformerBlock(config, layer) for layer in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
-        self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
+        self.output = nn.Linear(config.dim, config.vocab_size, bias=False) if next_token_head else None
         # The rotary table is derived from the config, so it is no module state: not saved, not
         # cast by `model.to(bfloat16)` (rotations stay fp32), built on first use on each device.
         self._rope_tables: dict[torch.device, Tensor] = {}
@@ -191,8 +193,9 @@ class Llama(nn.Module):
             block.attention_norm.reset_parameters()
             block.ffn_norm.reset_parameters()
         self.norm.reset_parameters()
-        output_std = self.config.dim**-0.5
-        nn.init.trunc_normal_(self.output.weight, mean=0.0, std=output_std, a=-3 * output_std, b=3 * output_std)
+        if self.output is not None:
+            output_std = self.config.dim**-0.5
+            nn.init.trunc_normal_(self.output.weight, mean=0.0, std=output_std, a=-3 * output_std, b=3 * output_std)
 
     def rope_on(self, device: torch.device) -> Tensor:
         table = self._rope_tables.get(device)
@@ -215,12 +218,37 @@ class Llama(nn.Module):
         """tokens, targets, doc_ids, positions: (B, T) integers.
 
         targets: next-token ids aligned with tokens (already shifted), IGNORE_INDEX where no loss.
+        doc_ids, positions, attn_mask, kv_cache: as `final_hidden_states`.
+        """
+        hidden_states = [] if return_hidden_states else None
+        h = self.final_hidden_states(tokens, doc_ids=doc_ids, positions=positions, attn_mask=attn_mask,
+                                     kv_cache=kv_cache, block_outputs=hidden_states)
+        logits = self.output(h)  # (B, T, V)
+
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        return LlamaOutput(logits, loss, hidden_states)
+
+    def final_hidden_states(
+        self,
+        tokens: Tensor,
+        *,
+        doc_ids: Tensor | None = None,
+        positions: Tensor | None = None,
+        attn_mask: Tensor | None = None,
+        kv_cache: KVCacheLike | None = None,
+        block_outputs: list[Tensor] | None = None,
+    ) -> Tensor:
+        """(B, T, D): the blocks' output after the final norm, what a head reads.
+
         doc_ids: packed rows; a token attends only to earlier tokens with the same document id.
             Positions need not restart per document: RoPE scores depend only on the offset.
         positions: rotary positions per token (default: 0..T-1, after the cache's length if any).
         attn_mask: boolean (B or 1, 1, T, S), True where a query may attend a key; overrides the
             causal/document mask (generate.py passes one that also hides left padding).
         kv_cache: keys and values of earlier calls; this call's are appended and the cache advanced.
+        block_outputs: a list to append the embeddings and then each block's output to (N + 1).
         """
         T = tokens.shape[1]
         past = kv_cache.length if kv_cache is not None else 0
@@ -232,19 +260,15 @@ class Llama(nn.Module):
         mask = attn_mask if attn_mask is not None else self._mask(T, past, doc_ids, tokens.device)
 
         h = self.tok_embeddings(tokens)  # (B, T, D)
-        hidden_states = [h] if return_hidden_states else None
+        if block_outputs is not None:
+            block_outputs.append(h)
         for block in self.layers:
             h = block(h, rotations, mask, kv_cache)
-            if hidden_states is not None:
-                hidden_states.append(h)
+            if block_outputs is not None:
+                block_outputs.append(h)
         if kv_cache is not None:
             kv_cache.advance(T)
-        logits = self.output(self.norm(h))  # (B, T, V)
-
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
-        return LlamaOutput(logits, loss, hidden_states)
+        return self.norm(h)
 
     @staticmethod
     def _mask(T: int, past: int, doc_ids: Tensor | None, device: torch.device) -> Tensor | None:

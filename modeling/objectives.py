@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -46,6 +46,14 @@ class Batch:
         return int((self.targets != IGNORE_INDEX).sum())
 
 
+class LossWithCounts(NamedTuple):
+    """A micro batch's loss and counts over its loss units (e.g. pairs ranked right), which the core
+    sums over the step's micro batches and ranks and reports as shares of the step's loss units."""
+
+    loss: Tensor
+    counts: dict[str, Tensor]
+
+
 class BatchSource(Protocol):
     def next_batch(self, rows: int) -> Batch: ...
 
@@ -60,7 +68,7 @@ class Objective(Protocol):
     def open(self, rank: int, world_size: int, device: torch.device, position: dict[str, Any] | None = None,
              validation: bool = False) -> BatchSource: ...
 
-    def loss(self, model: torch.nn.Module, batch: Batch) -> Tensor: ...
+    def loss(self, model: torch.nn.Module, batch: Batch) -> Tensor | LossWithCounts: ...
 
 
 def next_token_loss(model: torch.nn.Module, batch: Batch) -> Tensor:
@@ -129,6 +137,11 @@ class PackedRows:
 
     def open(self, rank: int, world_size: int, device: torch.device, position: dict[str, Any] | None = None,
              validation: bool = False) -> RowSource:
+        reader = self.reader(rank, world_size, position, validation)
+        return RowSource(reader, device, self.config.parallelism.document_masking, self.answers_only)
+
+    def reader(self, rank: int, world_size: int, position: dict[str, Any] | None, validation: bool) -> TokenReader:
+        """A rank's rows: the training shards, or the validation ones (held-out shards or a stage)."""
         config = self.config
         held_out = config.validation.holdout_shards
         shards = None
@@ -137,8 +150,7 @@ class PackedRows:
             shards = list(range(total - held_out, total)) if validation else list(range(total - held_out))
         stage = config.validation.data if validation and config.validation.data else config.data
         start = ReaderPosition.from_dict(position) if position is not None else None
-        reader = TokenReader(stage, rank, world_size, config.seed, start=start, shards=shards)
-        return RowSource(reader, device, config.parallelism.document_masking, self.answers_only)
+        return TokenReader(stage, rank, world_size, config.seed, start=start, shards=shards)
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> Tensor:
         return next_token_loss(model, batch)

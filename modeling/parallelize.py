@@ -3,7 +3,8 @@ activation checkpointing, then compilation, then data parallelism (FSDP2 on CUDA
 
 Each `apply_*` changes the model in place where it can (parameter names stay those of
 modeling/llama.py, so checkpoints and `save_hf` see the plain model) and returns the module the
-training loop should call.
+training loop should call. A model around a Llama (modeling/reward.py) serves as well: what they
+need is its blocks, `model.layers`.
 """
 
 from __future__ import annotations

@@ -53,7 +53,8 @@ HF_EXPORT = "hf"
 S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION")
 # The run kinds a job can be given, by the module that defines each config (imported when needed,
 # so this module does not depend on any objective).
-RUN_KINDS = {"pretrain": "modeling.pretrain:PretrainConfig", "sft": "modeling.sft:SFTConfig"}
+RUN_KINDS = {"pretrain": "modeling.pretrain:PretrainConfig", "sft": "modeling.sft:SFTConfig",
+             "reward": "modeling.reward:RewardConfig"}
 
 
 def config_class(kind: str) -> type[RunConfig]:

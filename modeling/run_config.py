@@ -18,9 +18,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
+import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from modeling.checkpoints import save_hf
 from modeling.configs import ModelConfig, named_size
+from modeling.llama import Llama
 from modeling.run_folder import RunFolder
 from tasks.settings import default_data_root
 from tasks.storage import resolve
@@ -50,6 +53,8 @@ class OptimizerOptions(Strict):
 
 class ScheduleOptions(Strict):
     warmup_steps: int = Field(2000, ge=0)
+    warmup_share: float = Field(0.0, ge=0, le=1, description="Or this share of the run's steps, if more "
+                                                             "(Llama 2's reward models: 3%, at least 5 steps)")
     final_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decays to this share of the peak")
 
 
@@ -130,8 +135,8 @@ class RunConfig(Strict):
                 raise ValueError(error.args[0]) from None
         elif self.optimizer.lr is None:
             raise ValueError("optimizer.lr must be set for an explicit model shape (only named sizes have one)")
-        if self._steps_known() and self.schedule.warmup_steps > self.total_steps:
-            raise ValueError(f"schedule.warmup_steps ({self.schedule.warmup_steps}) exceeds the run's "
+        if self._steps_known() and self.warmup_steps > self.total_steps:
+            raise ValueError(f"schedule.warmup_steps ({self.warmup_steps}) exceeds the run's "
                              f"{self.total_steps} steps")
         if self.seq_len > self.model_shape.max_seq_len:
             raise ValueError(f"seq_len ({self.seq_len}) exceeds the model's max_seq_len "
@@ -164,6 +169,15 @@ class RunConfig(Strict):
         """The weights a new run starts from (a fine-tuning run's base model); None: random init."""
         return None
 
+    def new_model(self) -> torch.nn.Module:
+        """The module the run trains, freshly initialised (the core then loads initial_weights or a
+        checkpoint into it): a Llama; a reward run's adds a score head."""
+        return Llama(self.model_shape)
+
+    def save_hf(self, model: torch.nn.Module, folder: str | Path, **options: Any) -> Path:
+        """Write the trained model as a Hugging Face folder (`modeling.checkpoints.save_hf`'s options)."""
+        return save_hf(model, folder, **options)
+
     @property
     def model_name(self) -> str:
         return self.model if isinstance(self.model, str) else "custom"
@@ -179,6 +193,11 @@ class RunConfig(Strict):
     @property
     def total_steps(self) -> int:
         return self.steps if self.steps is not None else self.train_tokens // self.global_batch_tokens
+
+    @property
+    def warmup_steps(self) -> int:
+        """schedule.warmup_steps, or schedule.warmup_share of the run's steps where that is more."""
+        return max(self.schedule.warmup_steps, math.ceil(self.schedule.warmup_share * self.total_steps))
 
     @property
     def global_batch_rows(self) -> int:

@@ -25,11 +25,9 @@ from modeling.run_config import RunConfig
 from tasks.settings import default_data_root
 
 
-class SFTConfig(RunConfig):
-    kind: ClassVar[str] = "sft"
+class FineTuningConfig(RunConfig):
+    """What fine-tuning runs share: a base model to start from and a length in epochs."""
 
-    data: str = Field(default_factory=lambda: f"{default_data_root()}/sft-tokens",
-                      description="Token stage of packed dialogues (tasks.sft_tokens)")
     init: str | None = Field(None, description="The base model: a pretraining run folder (its hf/ export), "
                                                "a Hugging Face folder or a Meta checkpoint folder; None: random")
     epochs: float | None = Field(None, gt=0, description="Or the run's length in passes over the packed rows")
@@ -56,13 +54,10 @@ class SFTConfig(RunConfig):
     def path_fields(self) -> tuple[str, ...]:
         return (*super().path_fields(), "init")
 
-    def objective(self) -> Objective:
-        return PackedRows(self, answers_only=True)
-
     def check_data(self) -> dict[str, Any]:
         manifest = super().check_data()
-        if self.schedule.warmup_steps > self.total_steps:
-            raise ValueError(f"schedule.warmup_steps ({self.schedule.warmup_steps}) exceeds the run's "
+        if self.warmup_steps > self.total_steps:
+            raise ValueError(f"schedule.warmup_steps ({self.warmup_steps}) exceeds the run's "
                              f"{self.total_steps} steps ({self.epochs} epochs of {manifest['rows']} rows)")
         if self.init is not None:
             base_model_folder(self.init)
@@ -80,6 +75,16 @@ class SFTConfig(RunConfig):
             raise ValueError(f"{self.init}: the base model's shape {model.config} is not the run's model "
                              f"{self.model_name} ({self.model_shape})")
         return model.state_dict()
+
+
+class SFTConfig(FineTuningConfig):
+    kind: ClassVar[str] = "sft"
+
+    data: str = Field(default_factory=lambda: f"{default_data_root()}/sft-tokens",
+                      description="Token stage of packed dialogues (tasks.sft_tokens)")
+
+    def objective(self) -> Objective:
+        return PackedRows(self, answers_only=True)
 
 
 def architecture(config: ModelConfig) -> tuple:

@@ -3,7 +3,9 @@ position; an objective (`modeling.objectives`) supplies the batches and the loss
 
 A step reads `global_batch_tokens / seq_len` rows across all ranks, in micro batches of
 `micro_batch_rows`, accumulating gradients weighted by each micro batch's share of the step's loss
-tokens; clips the global norm; sets the lr from the cosine schedule; steps AdamW. Checkpoints
+tokens; clips the global norm; sets the lr from the cosine schedule; steps AdamW. Counts an
+objective gives with its loss (a reward model's pairs ranked right) are summed over the step and
+reported as shares of its loss units. The model is the config's (`RunConfig.new_model`). Checkpoints
 (`modeling.checkpoint_folders`): `write_checkpoint` fills any folder (Ray Train gives each rank its
 own and merges them); `save` keeps `step-NNNNNNNN` folders in the run folder itself, the last
 `checkpoint.keep_last` kept. A new Trainer resumes from the newest intact checkpoint of its run
@@ -25,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch import Tensor
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from modeling.checkpoint_folders import (
@@ -38,9 +41,7 @@ from modeling.checkpoint_folders import (
     set_rng_state,
     sha256_file,
 )
-from modeling.checkpoints import save_hf
-from modeling.llama import Llama
-from modeling.objectives import Batch
+from modeling.objectives import Batch, LossWithCounts
 from modeling.optim import build_optimizer, cosine_schedule, set_lr
 from modeling.parallelize import ParallelizeConfig, data_parallel_world, parallelize
 from modeling.run_config import RunConfig
@@ -69,7 +70,7 @@ class Trainer:
         self.objective.check_data()
 
         torch.manual_seed(config.seed)
-        self.model = Llama(config.model_shape)
+        self.model = config.new_model()
         if initial_weights is not None:
             self.model.load_state_dict(initial_weights)
         self.model.to(self.device)
@@ -113,13 +114,14 @@ class Trainer:
         started = time.perf_counter()
         config = self.config
         self.training_model.train()
-        lr = cosine_schedule(self.step, config.schedule.warmup_steps, config.total_steps, config.peak_lr,
+        lr = cosine_schedule(self.step, config.warmup_steps, config.total_steps, config.peak_lr,
                              config.schedule.final_lr_ratio)
         set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
         micro_batches = [self.batches.next_batch(config.micro_batch_rows) for _ in range(self.accumulation)]
         *counts, step_tokens = self._step_loss_tokens(micro_batches)
         loss_sum = torch.zeros((), device=self.device)
+        unit_counts: dict[str, Tensor] = {}
         for micro, (batch, count) in enumerate(zip(micro_batches, counts)):
             last = micro == self.accumulation - 1
             sync = getattr(self.training_model, "no_sync", None) if not last else None
@@ -129,9 +131,11 @@ class Trainer:
             divisor = step_tokens / (self.world_size * count)
             with sync() if sync is not None else nullcontext():
                 with self._autocast():
-                    loss = self.objective.loss(self.training_model, batch)
+                    loss, batch_counts = split_loss(self.objective.loss(self.training_model, batch))
                 (loss / divisor).backward()
             loss_sum += loss.detach().float() / divisor
+            for name, count in batch_counts.items():
+                unit_counts[name] = unit_counts.get(name, 0) + count.detach().double()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.optimizer.clip_grad_norm)
         if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
             grad_norm = grad_norm.full_tensor()
@@ -140,6 +144,8 @@ class Trainer:
 
         if self.world_size > 1:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+            for count in unit_counts.values():
+                dist.all_reduce(count)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - started
@@ -150,7 +156,8 @@ class Trainer:
             mfu = tokens_per_second / self.world_size * self.flops_per_token / self.peak_flops
         return {"step": self.step, "loss": loss_sum.item(), "lr": lr, "grad_norm": grad_norm.item(),
                 "tokens": self.step * tokens, "loss_tokens": step_tokens, "tokens_per_second": tokens_per_second,
-                "mfu": mfu, "step_seconds": seconds, "memory_gib": self._peak_memory_gib()}
+                "mfu": mfu, "step_seconds": seconds, "memory_gib": self._peak_memory_gib(),
+                **{name: count.item() / step_tokens for name, count in unit_counts.items()}}
 
     def _peak_memory_gib(self) -> float:
         if self.device.type == "cuda":
@@ -178,7 +185,8 @@ class Trainer:
         mean = torch.zeros((), device=self.device)
         for batch, count in zip(micro_batches, counts):
             with self._autocast():
-                mean += self.objective.loss(self.training_model, batch).float() / (total_tokens / (self.world_size * count))
+                loss, _ = split_loss(self.objective.loss(self.training_model, batch))
+                mean += loss.float() / (total_tokens / (self.world_size * count))
         if self.world_size > 1:
             dist.all_reduce(mean, op=dist.ReduceOp.AVG)
         return mean.item()
@@ -276,9 +284,9 @@ class Trainer:
         model_state, _ = get_state_dict(self.model, self.optimizer, options=options)
         path = Path(folder)
         if self.rank == 0:
-            plain = Llama(self.config.model_shape)
+            plain = self.config.new_model()
             plain.load_state_dict({k: v.detach().cpu() for k, v in model_state.items()})
-            path = save_hf(plain, folder, **save_hf_options)
+            path = self.config.save_hf(plain, folder, **save_hf_options)
         self._barrier()
         return path
 
@@ -293,6 +301,11 @@ class Trainer:
         if self.world_size > 1:
             dist.barrier()
 
+
+
+def split_loss(result: Tensor | LossWithCounts) -> tuple[Tensor, dict[str, Tensor]]:
+    """An objective's loss and its counts (none for an objective that gives only the loss)."""
+    return (result.loss, result.counts) if isinstance(result, LossWithCounts) else (result, {})
 
 
 def device_peak_flops(device: torch.device, mixed_precision: str | None) -> float | None:

@@ -36,6 +36,7 @@ SFT_STAGE = "sft-tokens"
 class DialoguePacker:
     name: str = "dialogues"
     loss_mask: bool = True
+    label: bool = False
     tail: str = "padded: a row's room after its last whole example is EOS padding, not trained on"
 
     def pack(self, unit: ShardUnit, tokenizer: Tokenizer, row_tokens: int, dtype: np.dtype) -> PackedPart:

@@ -54,7 +54,7 @@ def token_type(vocab_size: int) -> pa.DataType:
     return pa.uint16() if vocab_size <= 1 << 16 else pa.int32()
 
 
-def shard_schema(vocab_size: int, seq_len: int, loss_mask: bool = False) -> pa.Schema:
+def shard_schema(vocab_size: int, seq_len: int, loss_mask: bool = False, label: bool = False) -> pa.Schema:
     fields = [
         ("tokens", pa.list_(token_type(vocab_size), seq_len + 1)),
         ("doc_starts", pa.list_(pa.int32())),
@@ -64,6 +64,8 @@ def shard_schema(vocab_size: int, seq_len: int, loss_mask: bool = False) -> pa.S
     ]
     if loss_mask:
         fields.insert(2, ("loss_mask", pa.list_(pa.bool_(), seq_len + 1)))
+    if label:
+        fields.insert(2, ("label", pa.int32()))
     return pa.schema(fields)
 
 
@@ -80,6 +82,7 @@ class PackedPart:
     loss_mask: np.ndarray | None  # (n, row_tokens) bools: tokens trained on as targets; None: all
     counts: dict[str, int]  # documents, tokens, rows, ... (ints, summed per source)
     dropped: dict[str, int] = field(default_factory=dict)  # records not packed, by reason
+    labels: np.ndarray | None = None  # (n,) one integer per row (a packer's own code, e.g. a rating); None: none
 
 
 class Packer(Protocol):
@@ -87,6 +90,7 @@ class Packer(Protocol):
 
     name: str
     loss_mask: bool
+    label: bool  # whether its rows carry an integer label (PackedPart.labels)
     tail: str  # what becomes of the tokens that do not fill a row (for the manifest)
 
     def pack(self, unit: ShardUnit, tokenizer: Tokenizer, row_tokens: int, dtype: np.dtype) -> PackedPart: ...
@@ -99,6 +103,7 @@ class DocumentPacker:
 
     name: str = "documents"
     loss_mask: bool = False
+    label: bool = False
     tail: str = "dropped: each part's last tokens that do not fill a row"
 
     def pack(self, unit: ShardUnit, tokenizer: Tokenizer, row_tokens: int, dtype: np.dtype) -> PackedPart:
@@ -192,6 +197,8 @@ def pack_part(job: PackJob, unit: ShardUnit) -> dict[str, Any]:
     if packed.loss_mask is not None:
         columns["loss_mask"] = pa.FixedSizeListArray.from_arrays(
             pa.array(packed.loss_mask[order].reshape(-1), pa.bool_()), job.row_tokens)
+    if packed.labels is not None:
+        columns["label"] = pa.array(packed.labels[order], pa.int32())
     target = packed_location(job.stage_dir, unit.source, unit.index, ".parquet")
     with atomic_output(target) as stream:
         pq.write_table(pa.table(columns), stream, row_group_size=PACKED_ROW_GROUP_ROWS, compression=COMPRESSION)
@@ -339,7 +346,7 @@ def tokenize_and_pack(
         for stale in stage_dir.list_files(".parquet"):
             if int(stale.name.removeprefix("shard-").split(".")[0]) >= shards:
                 stale.delete()
-        schema = shard_schema(tokenizer.vocab_size, seq_len, packer.loss_mask)
+        schema = shard_schema(tokenizer.vocab_size, seq_len, packer.loss_mask, packer.label)
         plans = plan_shards(packed, shards)
         written = run_tasks(write_shard, [(plan, schema) for plan in plans], shared=(job,), label=f"{stage_name}: shards")
         manifest = {
@@ -357,6 +364,7 @@ def tokenize_and_pack(
             "tokenizer_sha256": parameters["tokenizer_sha256"],
             "packer": packer.name,
             "loss_mask": packer.loss_mask,
+            "label": packer.label,
             "tail": packer.tail,
             "rows": total_rows,
             "tokens": total_rows * (seq_len + 1),
@@ -425,6 +433,7 @@ class PackedRow(NamedTuple):
     tokens: np.ndarray  # (seq_len + 1,), the stage's token type
     doc_starts: np.ndarray  # in-row offsets where documents start
     loss_mask: np.ndarray | None  # (seq_len + 1,) bools: which tokens are trained on as targets; None: all
+    label: int | None = None  # the row's integer label, for stages that carry one
 
 
 @dataclass(frozen=True)
@@ -432,6 +441,7 @@ class TokenBatch:
     tokens: np.ndarray  # (B, seq_len + 1), the stage's token type
     doc_starts: list[np.ndarray]  # per row, in-row offsets where documents start
     loss_mask: np.ndarray | None  # (B, seq_len + 1) bools, for stages that carry one
+    labels: np.ndarray | None = None  # (B,) integers, for stages that carry them
 
 
 class TokenReader:
@@ -462,6 +472,7 @@ class TokenReader:
             f"{manifest['fingerprint']}:shards={','.join(map(str, chosen))}"
         self.row_tokens = manifest["row_tokens"]
         self.has_loss_mask = bool(manifest.get("loss_mask", False))
+        self.has_label = bool(manifest.get("label", False))
         self._groups = [(all_shards[s]["path"], group, rows)
                         for s in chosen for group, rows in enumerate(all_shards[s]["row_groups"])]
         total_rows = sum(rows for _, _, rows in self._groups)
@@ -495,7 +506,8 @@ class TokenReader:
         while True:
             taken = [next(rows) for _ in range(batch_size)]
             masks = np.stack([row.loss_mask for row in taken]) if self.has_loss_mask else None
-            yield TokenBatch(np.stack([row.tokens for row in taken]), [row.doc_starts for row in taken], masks)
+            labels = np.array([row.label for row in taken]) if self.has_label else None
+            yield TokenBatch(np.stack([row.tokens for row in taken]), [row.doc_starts for row in taken], masks, labels)
 
     def _epoch_rows(self) -> Iterator[PackedRow]:
         epoch = self._epoch
@@ -508,18 +520,20 @@ class TokenReader:
         k = int(np.searchsorted(group_starts, position, side="right")) - 1
         while position < span_end:
             group = int(group_order[k])
-            tokens, starts, masks = self._read_group(group)
+            tokens, starts, masks, labels = self._read_group(group)
             row_order = np.random.default_rng([self.seed, epoch, group]).permutation(len(tokens))
             first, last = position - group_starts[k], min(span_end, group_starts[k + 1]) - group_starts[k]
             for row in row_order[first:last]:
                 self._offset += 1
-                yield PackedRow(tokens[row], starts[row], masks[row] if masks is not None else None)
+                yield PackedRow(tokens[row], starts[row], masks[row] if masks is not None else None,
+                                int(labels[row]) if labels is not None else None)
             position = group_starts[k + 1]
             k += 1
 
-    def _read_group(self, group: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None]:
+    def _read_group(self, group: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None, np.ndarray | None]:
         path, row_group, _ = self._groups[group]
-        columns = ["tokens", "doc_starts"] + (["loss_mask"] if self.has_loss_mask else [])
+        columns = ["tokens", "doc_starts"] + (["loss_mask"] if self.has_loss_mask else []) \
+            + (["label"] if self.has_label else [])
         with resolve(path).open_random_access() as f:
             table = pq.ParquetFile(f).read_row_group(row_group, columns=columns)
         tokens = table.column("tokens").combine_chunks()
@@ -531,33 +545,42 @@ class TokenReader:
         if self.has_loss_mask:
             bits = table.column("loss_mask").combine_chunks().flatten()
             masks = bits.to_numpy(zero_copy_only=False).reshape(-1, self.row_tokens)
-        return flat, [values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)], masks
+        labels = table.column("label").to_numpy() if self.has_label else None
+        return flat, [values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)], masks, labels
 
 
 def write_rows_stage(stage_dir: str, rows: np.ndarray, doc_starts: Sequence[Sequence[int]], vocab_size: int,
-                     shards: int = 1, row_group_rows: int = SHARD_ROW_GROUP_ROWS) -> str:
+                     shards: int = 1, row_group_rows: int = SHARD_ROW_GROUP_ROWS,
+                     labels: Sequence[int] | None = None) -> str:
     """A finished token stage made directly from rows already in memory (tests, benchmarks):
-    `rows` (n, seq_len + 1) in order, cut into `shards` shards of near-equal size."""
+    `rows` (n, seq_len + 1) in order, cut into `shards` shards of near-equal size; `labels`, one
+    integer per row, for a stage whose rows carry one."""
     stage = resolve(stage_dir)
     seq_len = rows.shape[1] - 1
     entries = []
+    schema = shard_schema(vocab_size, seq_len, label=labels is not None)
     for index, chunk in enumerate(np.array_split(np.arange(len(rows)), shards)):
-        table = pa.table({
+        columns = {
             "tokens": pa.FixedSizeListArray.from_arrays(pa.array(rows[chunk].reshape(-1)), rows.shape[1]),
             "doc_starts": pa.array([list(doc_starts[i]) for i in chunk], pa.list_(pa.int32())),
             "source": pa.array(["rows"] * len(chunk)),
             "part": pa.array([0] * len(chunk), pa.int32()),
             "row_in_part": pa.array(chunk, pa.int32()),
-        }).cast(shard_schema(vocab_size, seq_len))
+        }
+        if labels is not None:
+            columns["label"] = pa.array([labels[i] for i in chunk], pa.int32())
+        table = pa.table(columns).select(schema.names).cast(schema)
         target = shard_location(stage, index)
         with atomic_output(target) as stream:
             pq.write_table(table, stream, row_group_size=row_group_rows, compression=COMPRESSION)
         groups = [min(row_group_rows, len(chunk) - start) for start in range(0, len(chunk), row_group_rows)]
         entries.append({"path": target.uri, "rows": len(chunk), "row_groups": groups})
     digest = hashlib.sha256(rows.tobytes() + json.dumps([list(map(int, d)) for d in doc_starts]).encode())
+    if labels is not None:
+        digest.update(json.dumps(list(map(int, labels))).encode())
     manifest = {"stage_dir": stage.uri, "fingerprint": digest.hexdigest(), "seq_len": seq_len,
                 "row_tokens": seq_len + 1, "rows": len(rows), "tokens": int(rows.size), "vocab_size": vocab_size,
-                "shards": entries}
+                "label": labels is not None, "shards": entries}
     write_json_atomic(stage.join(MANIFEST), manifest)
     mark(stage, {WHOLE_STAGE: manifest["fingerprint"]})
     return stage.uri

@@ -1,0 +1,292 @@
+"""Reward models by Llama 2 (section 3.2.2): the chat model's backbone with a scalar score head,
+trained to rank the chosen answer of each comparison above the rejected one.
+
+`RewardModel` is `Llama` without its next-token head and a `score` Linear(D, 1) read at the last
+token of each answer. That token's index always comes with the batch: with left padding, right
+padding or a pad id equal to EOS (Llama 2 has no pad token; our rows pad with EOS, the id every
+answer ends with) an index inferred from the pad id reads the wrong token.
+
+The loss of a pair is `-log sigmoid(r_chosen - r_rejected - m(rating))` with Llama 2's small or
+large margin table (RECIPE.md; `tasks.preferences.records.MARGINS`) or none. An unrated pair
+(Anthropic HH's) gets margin 0 in every table, the table's value for the least confident ratings:
+the plain ranking loss, never a margin it was not annotated with. Scores and margins are one
+value per pair ([B]) and `ranking_losses` refuses anything else: a [B, 1] - [B] broadcast would
+give B x B losses mixing every pair with every other.
+
+`PairRows` is the objective: rows of a pair stage (`tasks.reward_tokens`: chosen and rejected in
+one row, the rating as the row's label) with the document mask always on and positions restarting
+at each side, so each side is scored exactly as alone; its loss comes with the batch's accuracy
+(pairs ranked right) and mean score gap. `RewardConfig` starts from the SFT model (`init`), the
+score head drawn small from the run's seed. `save_reward_hf` exports the model as transformers'
+`LlamaForSequenceClassification`. Presets: `debug` (2 CPUs) and Llama 2 7B/13B/70B by the paper
+(one epoch, lr 1e-5, 5e-6 for 70B, cosine to 10%, warmup 3% of steps and at least 5, 512 pairs a
+step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import Tensor, nn
+
+from modeling.checkpoints import save_hf
+from modeling.configs import ModelConfig
+from modeling.llama import Llama
+from modeling.objectives import LossWithCounts, PackedRows, example_positions
+from modeling.sft import FineTuningConfig
+from tasks.preferences.records import RATINGS, margin
+from tasks.reward_tokens import UNRATED, answer_ends
+from tasks.settings import default_data_root
+from tasks.tokens import PackedRow, TokenReader, document_ids
+
+MarginTable = Literal["none", "small", "large"]
+HF_UNK_ID = 0  # LLaMA's SentencePiece <unk>: no encoding with byte fallback ends with it (see save_reward_hf)
+
+
+def margin_table(table: MarginTable) -> Tensor:
+    """m(rating) indexed by a pair row's label: RATINGS' codes, then UNRATED's (always 0)."""
+    values = [0.0 if table == "none" else margin(rating, large=table == "large") for rating in RATINGS]
+    values.insert(UNRATED, margin(None))
+    return torch.tensor(values, dtype=torch.float32)
+
+
+def initial_score_weight(dim: int, seed: int) -> Tensor:
+    """(1, D) from N(0, 1/(D + 1)), as Ziegler et al. 2019 start their reward head: rewards of unit
+    scale at the start, the margins' scale, drawn from a generator of its own so that it depends
+    only on the seed (not on what drew from the global RNG before)."""
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(1, dim, generator=generator) * (dim + 1) ** -0.5
+
+
+class RewardModel(nn.Module):
+    def __init__(self, config: ModelConfig, score_seed: int = 0):
+        super().__init__()
+        self.backbone = Llama(config, next_token_head=False)
+        self.score = nn.Linear(config.dim, 1, bias=False)
+        with torch.no_grad():
+            self.score.weight.copy_(initial_score_weight(config.dim, score_seed))
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.backbone.config
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        """The backbone's blocks, which modeling.parallelize checkpoints, compiles and shards."""
+        return self.backbone.layers
+
+    def forward(self, tokens: Tensor, last_token: Tensor, *, doc_ids: Tensor | None = None,
+                positions: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
+        """The reward of each answer ending at `last_token`: (B,) or (B, K) indices into the (B, T)
+        rows, rewards of the same shape. doc_ids, positions, attn_mask: as Llama's."""
+        T = tokens.shape[1]
+        if last_token.numel() and not (0 <= int(last_token.min()) and int(last_token.max()) < T):
+            raise ValueError(f"last_token indices must lie in 0..{T - 1}, got {last_token.min()}..{last_token.max()}")
+        h = self.backbone.final_hidden_states(tokens, doc_ids=doc_ids, positions=positions, attn_mask=attn_mask)
+        index = last_token.reshape(len(tokens), -1)  # (B, K)
+        picked = h.gather(1, index[..., None].expand(-1, -1, h.shape[-1]))  # (B, K, D)
+        return self.score(picked).reshape(last_token.shape)
+
+
+def ranking_losses(chosen: Tensor, rejected: Tensor, margins: Tensor) -> Tensor:
+    """-log sigmoid(r_chosen - r_rejected - m) per pair: three (B,) tensors in, (B,) out."""
+    if not (chosen.ndim == 1 and chosen.shape == rejected.shape == margins.shape):
+        raise ValueError(f"chosen, rejected and margins must each be one value per pair, (B,), got "
+                         f"{tuple(chosen.shape)}, {tuple(rejected.shape)}, {tuple(margins.shape)}")
+    return -F.logsigmoid(chosen.float() - rejected.float() - margins.float())
+
+
+def score_sequences(model: RewardModel, sequences: Sequence[Sequence[int]], *, pad_id: int,
+                    padding: Literal["right", "left"] = "right") -> Tensor:
+    """(B,) rewards of token sequences (each ending with its answer's last token) padded into one
+    batch; the index read is each sequence's own length, whatever `pad_id` is."""
+    if not sequences or any(len(s) == 0 for s in sequences):
+        raise ValueError("score_sequences needs at least one sequence, and every sequence at least one token")
+    device = model.score.weight.device
+    lengths = torch.tensor([len(s) for s in sequences], device=device)
+    B, T = len(sequences), int(lengths.max())
+    tokens = torch.full((B, T), pad_id, dtype=torch.long, device=device)
+    for row, sequence in enumerate(sequences):
+        ids = torch.tensor(list(sequence), dtype=torch.long, device=device)
+        if padding == "right":
+            tokens[row, :len(sequence)] = ids
+        else:
+            tokens[row, T - len(sequence):] = ids
+    if padding == "right":
+        # Causal attention never lets a real token see the padding after it.
+        return model(tokens, lengths - 1)
+    n_pad = T - lengths
+    column = torch.arange(T, device=device)
+    real_key = column[None, :] >= n_pad[:, None]  # (B, T)
+    # A padding query may see itself, so no row of scores is all -inf (softmax would give NaN).
+    mask = ((column[None, :] <= column[:, None])[None] & real_key[:, None, :]) | torch.eye(T, dtype=torch.bool,
+                                                                                           device=device)
+    positions = (column[None, :] - n_pad[:, None]).clamp(min=0)
+    return model(tokens, torch.full((B,), T - 1, device=device), positions=positions, attn_mask=mask[:, None])
+
+
+# ---------------------------------------------------------------------------------- the objective
+
+
+@dataclass
+class PairBatch:
+    """One micro batch of pair rows, on the training device."""
+
+    tokens: Tensor  # (B, T) the whole rows: chosen side, its padding, rejected side, its padding
+    doc_ids: Tensor  # (B, T) side or padding index per token
+    positions: Tensor  # (B, T) rotary positions, restarting at each side
+    answer_ends: Tensor  # (B, 2) offsets of the chosen and the rejected side's last tokens
+    margins: Tensor  # (B,) m(rating) of each pair
+
+    @property
+    def loss_tokens(self) -> int:
+        """The loss is a mean over pairs: the core weights micro batches by their pairs."""
+        return len(self.tokens)
+
+
+def batch_of_pairs(rows: Sequence[PackedRow], device: torch.device, margins: Tensor) -> PairBatch:
+    row_tokens = len(rows[0].tokens)
+    tokens = torch.from_numpy(np.stack([r.tokens for r in rows]).astype(np.int64))
+    ids = np.stack([document_ids(r.doc_starts, row_tokens) for r in rows])
+    ends = torch.tensor([answer_ends(r.doc_starts, row_tokens) for r in rows], dtype=torch.int64)
+    labels = torch.tensor([r.label for r in rows], dtype=torch.int64)
+    return PairBatch(tokens.to(device), torch.from_numpy(ids).to(device),
+                     torch.from_numpy(example_positions(ids)).to(device), ends.to(device), margins[labels].to(device))
+
+
+class PairSource:
+    """Micro batches of a rank's pair rows; its state is the reader's position."""
+
+    def __init__(self, reader: TokenReader, device: torch.device, margins: Tensor) -> None:
+        self.reader, self.device, self.margins = reader, device, margins
+        self._rows = iter(reader)
+
+    def state(self) -> dict[str, Any]:
+        return self.reader.state().as_dict()
+
+    def next_batch(self, rows: int) -> PairBatch:
+        return batch_of_pairs([next(self._rows) for _ in range(rows)], self.device, self.margins)
+
+
+class PairRows(PackedRows):
+    """The margin ranking loss over the rows of a pair stage (`tasks.reward_tokens`). The document
+    mask is always on, whatever parallelism.document_masking says: a side must not see the other."""
+
+    def __init__(self, config: RewardConfig) -> None:
+        super().__init__(config, answers_only=False)
+        self.margins = margin_table(config.margins)
+
+    def check_data(self) -> dict[str, Any]:
+        manifest = super().check_data()
+        if not manifest.get("label"):
+            raise ValueError(f"{self.config.data}: a token stage without row labels is not a stage of comparison "
+                             f"pairs; pack one with tasks.reward_tokens")
+        return manifest
+
+    def open(self, rank: int, world_size: int, device: torch.device, position: dict[str, Any] | None = None,
+             validation: bool = False) -> PairSource:
+        return PairSource(self.reader(rank, world_size, position, validation), device, self.margins)
+
+    def loss(self, model: nn.Module, batch: PairBatch) -> LossWithCounts:
+        rewards = model(batch.tokens, batch.answer_ends, doc_ids=batch.doc_ids, positions=batch.positions).float()
+        chosen, rejected = rewards[:, 0], rewards[:, 1]
+        losses = ranking_losses(chosen, rejected, batch.margins)
+        counts = {"accuracy": (chosen > rejected).sum(), "reward_gap": (chosen - rejected).detach().sum()}
+        return LossWithCounts(losses.mean(), counts)
+
+
+# ---------------------------------------------------------------------------------- the run
+
+
+class RewardConfig(FineTuningConfig):
+    kind: ClassVar[str] = "reward"
+
+    data: str = Field(default_factory=lambda: f"{default_data_root()}/reward-tokens",
+                      description="Token stage of comparison pairs (tasks.reward_tokens)")
+    margins: MarginTable = Field("small", description="Llama 2's margin table by rating (small or large) or none. "
+                                                      "Small by default: the paper finds the large one better on "
+                                                      "distinct pairs but worse on similar ones")
+    hf_pad_token_id: int = Field(HF_UNK_ID, ge=0, description="pad_token_id of the HF export, which transformers "
+                                                              "reads the score before; never EOS (see save_reward_hf)")
+
+    def objective(self) -> PairRows:
+        return PairRows(self)
+
+    def new_model(self) -> RewardModel:
+        return RewardModel(self.model_shape, score_seed=self.seed)
+
+    def initial_weights(self) -> dict[str, Tensor] | None:
+        """The SFT model's weights under the backbone (its next-token head left out) and the score head
+        drawn from the run's seed; None without `init`."""
+        base = super().initial_weights()
+        if base is None:
+            return None
+        weights = {f"backbone.{name}": tensor for name, tensor in base.items() if name != "output.weight"}
+        weights["score.weight"] = initial_score_weight(self.model_shape.dim, self.seed)
+        return weights
+
+    def save_hf(self, model: RewardModel, folder: str | Path, **options: Any) -> Path:
+        return save_reward_hf(model, folder, pad_token_id=self.hf_pad_token_id, **options)
+
+
+def save_reward_hf(model: RewardModel, folder: str | Path, *, pad_token_id: int = HF_UNK_ID, **options: Any) -> Path:
+    """A `LlamaForSequenceClassification` folder (num_labels 1) that gives our rewards.
+
+    transformers reads the score at each row's last token that is not `pad_token_id`, so the pad
+    id must be one no sequence ends with: with EOS (what our rows pad with, and how every Llama 2
+    chat answer ends) it would read the token before the answer's EOS instead of the EOS we train
+    on. LLaMA's <unk> (0) never ends an encoding. options: `modeling.checkpoints.save_hf`'s.
+    """
+    updates = {"architectures": ["LlamaForSequenceClassification"], "num_labels": 1,
+               "id2label": {"0": "reward"}, "label2id": {"reward": 0}, "pad_token_id": pad_token_id}
+    return save_hf(model.backbone, folder, head_tensors={"score.weight": model.score.weight},
+                   config_updates=updates, **options)
+
+
+def debug_run(**overrides: Any) -> RewardConfig:
+    """The `debug` size on what `make demo` would pack, by the paper's recipe: one epoch of 512 pairs a
+    step, lr 1e-5 with cosine decay to 10% after a warmup of 3% of the steps (at least 5); 2 CPU workers."""
+    settings: dict[str, Any] = dict(
+        run_name="reward-debug", model="debug", data=f"{default_data_root()}/demo/reward-tokens",
+        init=f"{default_data_root()}/runs/sft-debug", epochs=1, seq_len=255, global_batch_tokens=512 * 255,
+        micro_batch_rows=16, optimizer={"lr": 1e-5}, schedule={"warmup_steps": 5, "warmup_share": 0.03},
+        checkpoint={"interval_steps": 10, "keep_last": 2}, scaling={"num_workers": 2, "cpus_per_worker": 0.5},
+    )
+    return RewardConfig.model_validate(settings | overrides)
+
+
+def _llama2_run(size: str, lr: float, workers: int, micro_batch_rows: int, **overrides: Any) -> RewardConfig:
+    """A Llama 2 reward model by the paper, from the chat model of the same size. Rows of 4096 tokens
+    give each side 2048, within the context the model was trained on."""
+    settings: dict[str, Any] = dict(
+        run_name=f"llama2-{size}-reward", model=f"llama2-{size}", init=f"{default_data_root()}/runs/llama2-{size}-chat-sft",
+        epochs=1, seq_len=4095, global_batch_tokens=512 * 4095, micro_batch_rows=micro_batch_rows,
+        optimizer={"lr": lr}, schedule={"warmup_steps": 5, "warmup_share": 0.03},
+        parallelism={"activation_checkpointing": "all", "mixed_precision": "bf16"},
+        checkpoint={"interval_steps": 100, "keep_last": 2},
+        scaling={"num_workers": workers, "use_gpu": True, "cpus_per_worker": 8, "gpu_memory_gib": 80},
+    )
+    return RewardConfig.model_validate(settings | overrides)
+
+
+def llama2_7b_reward_run(**overrides: Any) -> RewardConfig:
+    return _llama2_run("7b", 1e-5, workers=8, micro_batch_rows=2, **overrides)
+
+
+def llama2_13b_reward_run(**overrides: Any) -> RewardConfig:
+    return _llama2_run("13b", 1e-5, workers=8, micro_batch_rows=1, **overrides)
+
+
+def llama2_70b_reward_run(**overrides: Any) -> RewardConfig:
+    return _llama2_run("70b", 5e-6, workers=32, micro_batch_rows=1, **overrides)
+
+
+PRESETS = {"debug": debug_run, "llama2-7b-reward": llama2_7b_reward_run, "llama2-13b-reward": llama2_13b_reward_run,
+           "llama2-70b-reward": llama2_70b_reward_run}

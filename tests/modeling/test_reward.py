@@ -1,0 +1,276 @@
+"""Reward models: the score read at the explicit last token however a pair is padded, each pair's
+loss its own, the margin tables, pair rows, the run's config, the HF export against transformers,
+and learning shown on comparisons whose better answer is known."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from modeling.checkpoints import save_hf
+from modeling.reward import (
+    RewardConfig,
+    RewardModel,
+    batch_of_pairs,
+    debug_run,
+    initial_score_weight,
+    llama2_7b_reward_run,
+    llama2_70b_reward_run,
+    margin_table,
+    ranking_losses,
+    save_reward_hf,
+    score_sequences,
+)
+from modeling.train import Trainer
+from tasks.preferences.ingest import ingest_comparisons
+from tasks.preferences.readers import ComparisonReader
+from tasks.preferences.records import RATINGS
+from tasks.reward_tokens import UNRATED, answer_ends, pack_comparisons, pack_pairs, rating_code
+from tasks.synthetic.comparisons import GAP_RATINGS, make_comparisons
+from tasks.synthetic.instructions import tokenizer_texts
+from tasks.tokenizer import train_tokenizer
+from tasks.tokens import PackedRow, TokenReader, write_rows_stage
+from tests.modeling.helpers import assert_equal_within, random_model, tiny_config, write_token_stage
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning"),
+]
+CPU = torch.device("cpu")
+EOS = 2
+
+
+def random_reward_model(config, seed: int = 0) -> RewardModel:
+    """A reward model on random_model's backbone (every part matters) and a unit-scale score head."""
+    backbone = random_model(config, seed).state_dict()
+    model = RewardModel(config, score_seed=seed)
+    model.backbone.load_state_dict({k: v for k, v in backbone.items() if k != "output.weight"})
+    return model.eval()
+
+
+def sides(rng: np.random.Generator, lengths: tuple[int, int], vocab: int) -> list[list[int]]:
+    """Chosen and rejected id lists that end with EOS, as chat encodings do, and hold no 0 or EOS before."""
+    return [[1] + rng.integers(3, vocab, n - 2).tolist() + [EOS] for n in lengths]
+
+
+def pair_row(pair: list[list[int]], row_tokens: int, label: int = 0) -> PackedRow:
+    half = row_tokens // 2
+    tokens = np.full(row_tokens, EOS, np.int64)
+    tokens[:len(pair[0])] = pair[0]
+    tokens[half:half + len(pair[1])] = pair[1]
+    starts = [0, len(pair[0]), half, half + len(pair[1])]
+    return PackedRow(tokens, np.array([s for s in starts if s < row_tokens], np.int32), None, label)
+
+
+# ------------------------------------------------------------------------------ the model and its score
+
+
+def test_forward_is_the_next_token_head_on_the_final_hidden_states():
+    model = random_model(tiny_config())
+    tokens = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(model.output(model.final_hidden_states(tokens)), model(tokens).logits)
+
+
+def test_a_pair_gets_the_same_scores_packed_right_padded_left_padded_and_padded_with_eos():
+    config = tiny_config()
+    model = random_reward_model(config)
+    pair = sides(np.random.default_rng(0), (9, 14), config.vocab_size)
+    with torch.no_grad():
+        packed = batch_of_pairs([pair_row(pair, 40)], CPU, margin_table("none"))
+        in_row = model(packed.tokens, packed.answer_ends, doc_ids=packed.doc_ids, positions=packed.positions)[0]
+        ways = {padding: score_sequences(model, pair, pad_id=pad, padding=padding)
+                for padding, pad in (("right", 0), ("left", 0), ("right", EOS), ("left", EOS))}
+        alone = torch.stack([model(torch.tensor([side]), torch.tensor([len(side) - 1]))[0] for side in pair])
+        # What a reader inferring the end from the pad id gets when the pad is EOS: the token before it.
+        before_eos = model(torch.tensor([pair[0]]), torch.tensor([len(pair[0]) - 2]))[0]
+    for scores in [in_row, *ways.values()]:
+        assert_equal_within(scores, alone, what="scores")
+    assert abs(before_eos - alone[0]) > 1e-2
+
+
+def test_last_token_indices_outside_the_rows_are_refused():
+    model = random_reward_model(tiny_config())
+    with pytest.raises(ValueError, match="last_token indices must lie in 0..7"):
+        model(torch.zeros(1, 8, dtype=torch.long), torch.tensor([8]))
+
+
+# ------------------------------------------------------------------------------ the loss
+
+
+def test_each_pairs_loss_depends_only_on_that_pair():
+    generator = torch.Generator().manual_seed(0)
+    chosen, rejected = torch.randn(5, generator=generator), torch.randn(5, generator=generator)
+    margins = margin_table("large")[torch.tensor([0, 1, 2, 3, UNRATED])]
+    jacobian = torch.autograd.functional.jacobian(lambda c, r: ranking_losses(c, r, margins), (chosen, rejected))
+    for part in jacobian:
+        assert torch.count_nonzero(part - torch.diag(torch.diagonal(part))) == 0
+        assert torch.all(torch.diagonal(part) != 0)
+    moved = chosen.clone()
+    moved[3] += 5.0
+    before, after = ranking_losses(chosen, rejected, margins), ranking_losses(moved, rejected, margins)
+    assert torch.equal(before[[0, 1, 2, 4]], after[[0, 1, 2, 4]]) and after[3] < before[3]
+    with pytest.raises(ValueError, match="one value per pair"):
+        ranking_losses(chosen[:, None], rejected, margins)
+
+
+def test_the_margin_shifts_the_gap_the_loss_asks_for():
+    chosen, rejected = torch.tensor([0.5, 2.0, -1.0]), torch.tensor([0.0, 0.5, 1.0])
+    margins = torch.tensor([1.0, 2 / 3, 3.0])
+    expected = [-math.log(1 / (1 + math.exp(-(c - r - m)))) for c, r, m in zip(chosen, rejected, margins)]
+    assert ranking_losses(chosen, rejected, margins).tolist() == pytest.approx(expected, rel=1e-6)
+    shifted = ranking_losses(chosen - margins, rejected, torch.zeros(3))
+    assert torch.allclose(ranking_losses(chosen, rejected, margins), shifted, rtol=1e-6)
+
+
+def test_margin_tables_are_llama2s_and_unrated_pairs_get_none():
+    codes = torch.tensor([rating_code(r) for r in (*RATINGS, None)])
+    assert margin_table("small")[codes].tolist() == pytest.approx([1, 2 / 3, 1 / 3, 0, 0, 0])
+    assert margin_table("large")[codes].tolist() == [3, 2, 1, 0, 0, 0]
+    assert margin_table("none")[codes].tolist() == [0] * 6
+    with pytest.raises(ValueError, match="ratings are"):
+        rating_code("much_better")
+
+
+# ------------------------------------------------------------------------------ pair rows
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return train_tokenizer(tokenizer_texts(600), tmp_path_factory.mktemp("spm"), vocab_size=600)
+
+
+def test_pairs_pack_one_a_row_with_their_ends_and_ratings(tokenizer):
+    context = [{"role": "user", "content": "Repeat: kiwi plum"}]
+    pairs = [(context, "kiwi plum", "plum", "better"), (context, "kiwi plum", "kiwi " * 40, None),
+             ([{"role": "system", "content": "Answer briefly."}, *context], "kiwi plum", "kiwi", None)]
+    packed = pack_pairs(pairs, tokenizer, 64, np.dtype(np.uint16))
+    assert packed.counts["pairs"] == 3 and packed.counts["rows"] == 2 and packed.dropped == {"too_long": 1}
+    assert packed.labels.tolist() == [RATINGS.index("better"), UNRATED]
+    for row, starts, (context, chosen, rejected, _) in zip(packed.rows, packed.doc_starts.to_pylist(),
+                                                           [pairs[0], pairs[2]]):
+        chosen_end, rejected_end = answer_ends(starts, 64)
+        assert row[chosen_end] == row[rejected_end] == tokenizer.eos_id
+        texts = tokenizer.decode(row[:chosen_end + 1].tolist()), tokenizer.decode(row[32:rejected_end + 1].tolist())
+        assert texts[0].rstrip().endswith(f"[/INST] {chosen}") and texts[1].rstrip().endswith(f"[/INST] {rejected}")
+    assert packed.counts["padding_tokens"] == 2 * 64 - packed.counts["tokens"]
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+def test_presets_are_the_papers_recipe():
+    for run, lr in ((llama2_7b_reward_run(), 1e-5), (llama2_70b_reward_run(), 5e-6), (debug_run(data="/x"), 1e-5)):
+        assert run.kind == "reward" and run.epochs == 1 and run.global_batch_rows == 512
+        assert (run.peak_lr, run.schedule.final_lr_ratio) == (lr, 0.1)
+    run = debug_run(data="/x")
+    assert run.scaling.num_workers == 2 and run.accumulation_steps(2) == 16
+    for steps, warmup in ((10, 5), (1000, 30), (1001, 31)):
+        assert run.model_copy(update={"epochs": None, "steps": steps}).warmup_steps == warmup
+
+
+def test_the_run_starts_from_the_sft_model_with_a_seeded_score_head(tmp_path):
+    shape = tiny_config()
+    sft = random_model(shape, seed=4)
+    save_hf(sft, tmp_path / "sft-run" / "hf")
+    rows = [pair_row(sides(np.random.default_rng(n), (5, 7), 96), 17, label=n % 6) for n in range(8)]
+    stage = write_token_stage(tmp_path / "pairs", np.stack([r.tokens for r in rows]),
+                              [r.doc_starts.tolist() for r in rows], 96)
+    config = RewardConfig(run_name="r", output=str(tmp_path / "runs"), data=stage, model=shape, optimizer={"lr": 1e-3},
+                          init=str(tmp_path / "sft-run"), epochs=1, seq_len=16, global_batch_tokens=4 * 16, seed=7)
+    with pytest.raises(ValueError, match="without row labels"):
+        config.check_data()
+    weights = config.initial_weights()
+    assert "backbone.output.weight" not in weights
+    assert all(torch.equal(weights[f"backbone.{k}"], v) for k, v in sft.state_dict().items() if k != "output.weight")
+    assert torch.equal(weights["score.weight"], initial_score_weight(shape.dim, 7))
+    assert not torch.equal(weights["score.weight"], initial_score_weight(shape.dim, 8))
+
+
+def test_pair_rows_train_through_the_core_and_resume_exactly(tmp_path):
+    rng = np.random.default_rng(5)
+    rows = [pair_row(sides(rng, (int(rng.integers(3, 9)), int(rng.integers(3, 9))), 96), 17) for _ in range(24)]
+    labels = [n % (UNRATED + 1) for n in range(24)]
+    stage = write_rows_stage(str(tmp_path / "pairs"), np.stack([r.tokens for r in rows]).astype(np.uint16),
+                             [r.doc_starts.tolist() for r in rows], 96, row_group_rows=8, labels=labels)
+    assert sorted(row.label for _, row in zip(range(24), TokenReader(stage, 0, 1, seed=0))) == sorted(labels)
+
+    def run(name: str, steps: int) -> RewardConfig:
+        return RewardConfig(run_name=name, output=str(tmp_path / "runs"), data=stage, model=tiny_config(), steps=steps,
+                            seq_len=16, global_batch_tokens=8 * 16, micro_batch_rows=4, margins="large",
+                            export_hf=False, optimizer={"lr": 1e-3}, schedule={"warmup_steps": 1},
+                            checkpoint={"interval_steps": 2})
+
+    whole = Trainer(run("whole", 4)).train()
+    assert all(m["loss_tokens"] == 8 and 0 <= m["accuracy"] <= 1 for m in whole)
+    Trainer(run("halves", 4)).train(until=2)
+    resumed = Trainer(run("halves", 4))
+    assert resumed.step == 2
+    assert [m["loss"] for m in resumed.train()] == [m["loss"] for m in whole[2:]]
+
+
+def test_the_hf_export_is_a_sequence_classifier_giving_our_scores(tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    config = tiny_config(n_heads=8, n_kv_heads=2)
+    model = random_reward_model(config, seed=2)
+    folder = save_reward_hf(model, tmp_path / "hf")
+    hf = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    assert type(hf).__name__ == "LlamaForSequenceClassification" and hf.config.num_labels == 1
+    assert hf.config.pad_token_id == 0
+    rng = np.random.default_rng(1)
+    sequences = [side for n in (6, 11, 17) for side in sides(rng, (n, n + 3), config.vocab_size)]
+    tokens = torch.zeros(len(sequences), max(map(len, sequences)), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        tokens[row, :len(sequence)] = torch.tensor(sequence)
+    with torch.no_grad():
+        theirs = hf(tokens, attention_mask=(tokens != 0).long()).logits[:, 0]
+        ours = score_sequences(model, sequences, pad_id=0)
+    assert_equal_within(ours, theirs, what="rewards")
+    assert json.loads((folder / "config.json").read_text())["architectures"] == ["LlamaForSequenceClassification"]
+
+
+# ------------------------------------------------------------------------------ learning, on known answers
+
+
+def accuracy_by_rating(model: RewardModel, stage: str) -> dict[str, float]:
+    """Per rating, the share of a stage's pairs whose chosen answer gets the higher reward."""
+    reader = TokenReader(stage, 0, 1, seed=0)
+    rows = [row for _, row in zip(range(reader.rows_per_epoch), reader)]
+    batch = batch_of_pairs(rows, CPU, margin_table("none"))
+    with torch.no_grad():
+        rewards = model.eval()(batch.tokens, batch.answer_ends, doc_ids=batch.doc_ids, positions=batch.positions)
+    right = (rewards[:, 0] > rewards[:, 1]).numpy()
+    labels = np.array([row.label for row in rows])
+    return {rating: float(right[labels == rating_code(rating)].mean()) for rating in GAP_RATINGS}
+
+
+def test_a_reward_model_ranks_held_out_answers_better_the_larger_the_gap(tmp_path, ray_local, tokenizer):
+    records = make_comparisons(3000, seed=1)
+    (tmp_path / "comparisons.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    comparisons = ingest_comparisons("synthetic", [str(tmp_path / "comparisons.jsonl")], str(tmp_path / "data"),
+                                     ComparisonReader(id_field="id"))
+    stages = {split: pack_comparisons(comparisons["stage_dir"], tokenizer, str(tmp_path / "data"), split=split,
+                                      stage_name=f"pairs-{split}", seq_len=95, seed=0) for split in ("train", "test")}
+    counts = {split: stage["sources"]["synthetic"] for split, stage in stages.items()}
+    assert counts["train"]["pairs"] + counts["test"]["pairs"] == len(records)
+    assert counts["train"]["rows"] == sum(r["split"] == "train" for r in records)  # none too long for 48 tokens
+    shape = tiny_config(vocab_size=600, max_seq_len=128)
+    config = RewardConfig(run_name="reward", output=str(tmp_path / "runs"), data=stages["train"]["stage_dir"],
+                          model=shape, epochs=6, seq_len=95, global_batch_tokens=32 * 95, micro_batch_rows=32,
+                          margins="small", export_hf=False, optimizer={"lr": 3e-3, "weight_decay": 0.0},
+                          schedule={"warmup_steps": 5, "warmup_share": 0.03})
+    trainer = Trainer(config)
+    before = accuracy_by_rating(trainer.model, stages["test"]["stage_dir"])
+    history = trainer.train()
+    after = accuracy_by_rating(trainer.model, stages["test"]["stage_dir"])
+    print(f"held-out accuracy by rating: before {before}, after {after}; train accuracy "
+          f"{history[0]['accuracy']:.2f} -> {np.mean([m['accuracy'] for m in history[-10:]]):.2f}, loss "
+          f"{history[0]['loss']:.3f} -> {history[-1]['loss']:.3f} in {len(history)} steps")
+    assert max(before.values()) < 0.6  # the untrained model ranks at chance
+    assert after["significantly_better"] >= 0.8 and after["better"] >= 0.65
+    assert after["significantly_better"] > after["better"] > after["slightly_better"] > 0.5
