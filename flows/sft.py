@@ -14,14 +14,13 @@ ingested); packing and ingest skip what is already done with the same inputs.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field, model_validator
 
-from flows.training import stop_job_on_cancellation, train
+from flows.training import root_and_name, stop_job_on_cancellation, train
 from modeling.run_config import with_overrides
 from modeling.sft import SFTConfig, debug_run
 
@@ -61,13 +60,6 @@ class SFTFlowConfig(BaseModel):
         """The training run, shipping the tokenizer that packed its rows."""
         tokenizer = self.tokenizer or self.training.tokenizer or f"{self.data_root}/tokenizer/tokenizer.model"
         return self.training.model_copy(update={"tokenizer": tokenizer}).with_absolute_paths()
-
-
-def root_and_name(stage: str) -> tuple[str, str]:
-    """A stage's data root and its name (a relative path is taken from here)."""
-    absolute = stage if "://" in stage else str(Path(stage).absolute())
-    root, _, name = absolute.rstrip("/").rpartition("/")
-    return root, name
 
 
 @task(retries=2, retry_delay_seconds=5)

@@ -82,6 +82,13 @@ def cluster_resources(address: str | None) -> dict[str, float]:
     return totals
 
 
+def root_and_name(stage: str) -> tuple[str, str]:
+    """A stage's data root and its name (a relative path is taken from here)."""
+    absolute = stage if "://" in stage else str(Path(stage).absolute())
+    root, _, name = absolute.rstrip("/").rpartition("/")
+    return root, name
+
+
 def submission_id(kind: str, run_id: str | None) -> str:
     """The Ray job's id, derived from the flow run's so a cancellation hook can find the job."""
     return f"llamaline-{kind}-{run_id or int(time.time() * 1000)}"

@@ -142,11 +142,12 @@ def from_hf_state_dict(state_dict: Iterable[tuple[str, Tensor]], config: ModelCo
 
 
 def model_from_state_dict(
-    config: ModelConfig, state_dict: Mapping[str, Tensor], *, source: Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+    config: ModelConfig, state_dict: Mapping[str, Tensor], *, source: Path, dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu", next_token_head: bool = True,
 ) -> Llama:
     """Built on `meta` and given the loaded tensors, so no memory goes to a throwaway random init."""
     with torch.device("meta"):
-        model = Llama(config)
+        model = Llama(config, next_token_head=next_token_head)
     try:
         model.load_state_dict(dict(state_dict), strict=True, assign=True)
     except RuntimeError as error:
@@ -357,13 +358,18 @@ def _read_safetensors(files: list[Path]) -> Iterator[tuple[str, Tensor]]:
                 yield key, f.get_tensor(key)
 
 
+def read_hf_weights(folder: str | Path) -> Iterator[tuple[str, Tensor]]:
+    """The tensors of a Hugging Face folder's safetensors files, under their Hugging Face names."""
+    return _read_safetensors(_hf_weight_files(Path(folder)))
+
+
 def load_hf(folder: str | Path, *, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> Llama:
     """A Hugging Face LLaMA folder (config.json + safetensors). Tied embeddings are untied."""
     folder = Path(folder)
     config_path = folder / "config.json"
     raw_config = json.loads(config_path.read_text())
     config = config_from_hf(raw_config, source=config_path)
-    state_dict = dict(from_hf_state_dict(_read_safetensors(_hf_weight_files(folder)), config))
+    state_dict = dict(from_hf_state_dict(read_hf_weights(folder), config))
     if raw_config.get("tie_word_embeddings") and "output.weight" not in state_dict:
         state_dict["output.weight"] = state_dict["tok_embeddings.weight"].clone()
     return model_from_state_dict(config, state_dict, source=folder, dtype=dtype, device=device)

@@ -25,6 +25,7 @@ step).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import Tensor, nn
 
-from modeling.checkpoints import save_hf
+from modeling.checkpoints import config_from_hf, from_hf_state_dict, read_hf_weights, save_hf
 from modeling.configs import ModelConfig
 from modeling.llama import Llama
 from modeling.objectives import LossWithCounts, PackedRows, example_positions
@@ -44,6 +45,7 @@ from modeling.sft import FineTuningConfig
 from tasks.preferences.records import RATINGS, margin
 from tasks.reward_tokens import UNRATED, answer_ends
 from tasks.settings import default_data_root
+from tasks.tokenizer import Tokenizer
 from tasks.tokens import PackedRow, TokenReader, document_ids
 
 MarginTable = Literal["none", "small", "large"]
@@ -66,12 +68,14 @@ def initial_score_weight(dim: int, seed: int) -> Tensor:
 
 
 class RewardModel(nn.Module):
-    def __init__(self, config: ModelConfig, score_seed: int = 0):
+    def __init__(self, config: ModelConfig, score_seed: int | None = 0):
+        """score_seed None: the score head is left as nn.Linear draws it (for weights loaded next)."""
         super().__init__()
         self.backbone = Llama(config, next_token_head=False)
         self.score = nn.Linear(config.dim, 1, bias=False)
-        with torch.no_grad():
-            self.score.weight.copy_(initial_score_weight(config.dim, score_seed))
+        if score_seed is not None:
+            with torch.no_grad():
+                self.score.weight.copy_(initial_score_weight(config.dim, score_seed))
 
     @property
     def config(self) -> ModelConfig:
@@ -246,8 +250,46 @@ def save_reward_hf(model: RewardModel, folder: str | Path, *, pad_token_id: int 
     """
     updates = {"architectures": ["LlamaForSequenceClassification"], "num_labels": 1,
                "id2label": {"0": "reward"}, "label2id": {"reward": 0}, "pad_token_id": pad_token_id}
-    return save_hf(model.backbone, folder, head_tensors={"score.weight": model.score.weight},
-                   config_updates=updates, **options)
+    folder = save_hf(model.backbone, folder, head_tensors={"score.weight": model.score.weight},
+                     config_updates=updates, **options)
+    set_pad_token(folder, pad_token_id)
+    return folder
+
+
+def set_pad_token(folder: Path, pad_token_id: int) -> None:
+    """The tokenizer export's pad token, the config's pad id: a tokenizer without one cannot pad a
+    batch (transformers' pipelines, TRL), and one padding with EOS would move the score read."""
+    if not (folder / "tokenizer.model").is_file():
+        return
+    pad = Tokenizer.load(folder / "tokenizer.model").piece(pad_token_id)
+    for name in ("tokenizer_config.json", "special_tokens_map.json"):
+        path = folder / name
+        if path.is_file():
+            path.write_text(json.dumps(json.loads(path.read_text()) | {"pad_token": pad}, indent=2) + "\n")
+
+
+def load_reward_hf(folder: str | Path, *, dtype: torch.dtype | None = None,
+                   device: str | torch.device = "cpu") -> RewardModel:
+    """A reward model from a `LlamaForSequenceClassification` folder with one label (`save_reward_hf`'s,
+    or one trained elsewhere on a LLaMA backbone)."""
+    folder = Path(folder)
+    raw = json.loads((folder / "config.json").read_text())
+    if raw.get("architectures") != ["LlamaForSequenceClassification"] or raw.get("num_labels") != 1:
+        raise ValueError(f"{folder}: not a reward model (LlamaForSequenceClassification with num_labels 1): its "
+                         f"config.json says architectures {raw.get('architectures')}, num_labels {raw.get('num_labels')}")
+    config = config_from_hf(raw, source=folder / "config.json")
+    tensors = dict(read_hf_weights(folder))
+    score = tensors.pop("score.weight", None)
+    if score is None or tuple(score.shape) != (1, config.dim):
+        raise ValueError(f"{folder}: no score.weight of shape (1, {config.dim}) among its weights")
+    weights = {f"backbone.{name}": tensor for name, tensor in from_hf_state_dict(tensors.items(), config)}
+    with torch.device("meta"):
+        model = RewardModel(config, score_seed=None)
+    try:
+        model.load_state_dict(weights | {"score.weight": score}, strict=True, assign=True)
+    except RuntimeError as error:
+        raise ValueError(f"{folder}: weights do not match the reward model's config: {error}") from None
+    return model.to(device=device, dtype=dtype)
 
 
 def debug_run(**overrides: Any) -> RewardConfig:

@@ -80,6 +80,12 @@ class RunFolder:
                 target.unlink(missing_ok=True)
         return target
 
+    def fetch_folder(self, relative: str) -> Path:
+        """The working copy's folder `relative`, downloaded afresh when the run lives in a store."""
+        if not self.is_local:
+            self._download(self.location.join(relative), self.local / relative)
+        return self.local / relative
+
     def publish(self, relative: str) -> None:
         """Copy the working copy's file or folder `relative` to where the run lives (local: nothing to do)."""
         if self.is_local:

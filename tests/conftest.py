@@ -49,7 +49,7 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def hh_harmless() -> Path:
     """The real Anthropic HH harmless-base test split: 2,312 {chosen, rejected} transcript pairs."""
     if not HH_HARMLESS.is_file():

@@ -16,8 +16,10 @@ Comparison `i` of a seed is drawn from its own generator, so it is the same what
 
 from __future__ import annotations
 
+import json
 import random
 
+from tasks.storage import atomic_output, resolve
 from tasks.synthetic.instructions import TASKS, WORDS, make_instructions, split_heldout
 
 GAP_RATINGS = ("significantly_better", "better", "slightly_better")
@@ -64,3 +66,12 @@ def make_comparisons(n: int, seed: int, heldout_share: float = 0.2) -> list[dict
         records.append({"id": f"comparisons-{seed}-{index:06d}", "context": context, "chosen": right,
                         "rejected": wrong, "rating": rating, "split": "test" if held_out else "train", "task": task})
     return records
+
+
+def write_inputs(folder: str, seed: int = 0, n: int = 600) -> list[str]:
+    """``n`` comparisons as one ``comparisons.jsonl`` under ``folder`` (a path or URI), the demo's
+    preference input; returns its URI."""
+    target = resolve(folder).join("comparisons.jsonl")
+    with atomic_output(target) as stream:
+        stream.write("".join(json.dumps(record, sort_keys=True) + "\n" for record in make_comparisons(n, seed)).encode())
+    return [target.uri]

@@ -1,0 +1,151 @@
+"""The reward flow on a real Prefect API and a real local Ray Train: Llama 2's helpfulness mixture
+of synthetic rated comparisons and the real Anthropic HH harmless pairs, ingested with bad records
+quarantined, mixed with the recipe's share realised exactly, packed, trained, evaluated per test set
+and rating, and a killed worker resumed exactly through the flow."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
+from pydantic import ValidationError
+
+from flows.reward import REPORT_FILE, ComparisonSet, RewardFlowConfig, reward, run_config_of
+from modeling.ray_job import FAULT_ENV, read_metrics
+from modeling.reward import debug_run
+from tasks.synthetic.comparisons import make_comparisons
+from tasks.synthetic.instructions import tokenizer_texts
+from tasks.tokenizer import train_tokenizer
+from tests.flows.test_pretrain import losses
+
+SEQ_LEN = 127
+COMPARISONS = 400
+TINY_MODEL = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 600, "multiple_of": 32,
+              "max_seq_len": 128}
+
+
+def flow_config(root, hh_file, run_name: str) -> RewardFlowConfig:
+    training = debug_run(
+        run_name=run_name, model=TINY_MODEL, init=None, data=str(root / "reward-tokens"), output=str(root / "runs"),
+        seq_len=SEQ_LEN, global_batch_tokens=16 * SEQ_LEN, micro_batch_rows=4, optimizer={"lr": 3e-3},
+        checkpoint={"interval_steps": 4, "keep_last": 2}, seed=3,
+    )
+    roles = {"helpfulness": ComparisonSet(inputs=[str(root / "raw" / "rated.jsonl")]),
+             "open_harmless": ComparisonSet(inputs=[str(hh_file)], reader="hh")}
+    return RewardFlowConfig(mixture="helpfulness", roles=roles, training=training)
+
+
+@pytest.fixture(scope="module")
+def helpful_run(tmp_path_factory, prefect_api, ray_local, hh_harmless):
+    root = tmp_path_factory.mktemp("reward")
+    train_tokenizer(tokenizer_texts(600), root / "tokenizer", vocab_size=600)
+    records = make_comparisons(COMPARISONS, seed=2)
+    bad = [dict(records[0], id="same", rejected=records[0]["chosen"]), dict(records[1], id="rating", rating="meh"),
+           dict(records[2], id="empty", chosen="  ")]
+    (root / "raw").mkdir()
+    (root / "raw" / "rated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records + bad))
+    config = flow_config(root, hh_harmless, "helpful")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+        state = reward(config, return_state=True)
+    assert state.is_completed(), state.message
+    return config, state.result(), state.state_details.flow_run_id
+
+
+def read_json(path) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_the_flow_ingests_mixes_packs_trains_and_evaluates_a_helpfulness_model(helpful_run, hh_harmless):
+    config, summary, flow_run_id = helpful_run
+    root = config.data_root
+    rated = read_json(f"{root}/comparisons-helpfulness/_manifest.json")["totals"]["by_source"]["helpfulness"]
+    assert (rated["docs_in"], rated["kept"], rated["quarantined"]) == (COMPARISONS + 3, COMPARISONS, 3)
+    assert rated["quarantined_reasons"] == {"same_answers": 1, "unknown_rating": 1, "empty_answer": 1}
+    with gzip.open(hh_harmless, "rt") as f:
+        hh_pairs = sum(1 for line in f if line.strip())
+    harmless = read_json(f"{root}/comparisons-open_harmless/_manifest.json")["totals"]["by_source"]["open_harmless"]
+    assert harmless["docs_in"] == hh_pairs == harmless["kept"] + harmless["quarantined"]
+
+    # The recipe: every helpfulness comparison of the train split and as many sampled from the rest.
+    plan = read_json(f"{root}/reward_mix-helpfulness/_mixture.json")
+    whole = sum(r["split"] == "train" for r in make_comparisons(COMPARISONS, seed=2))
+    assert plan["roles"]["helpfulness"]["taken"] == plan["whole"] == whole
+    assert plan["roles"]["open_harmless"]["taken"] == plan["target_sampled"] == whole
+    assert plan["realised_share"] == 0.5
+
+    packed = read_json(f"{root}/reward-tokens/_manifest.json")
+    for role in ("helpfulness", "open_harmless"):
+        counts = packed["sources"][role]
+        assert counts["pairs"] == whole == counts["rows"] + sum(counts["dropped"].values())
+    assert packed["sources"]["helpfulness"]["rows"] == whole  # the synthetic pairs all fit half a row
+    assert summary["kind"] == "reward" and summary["steps"] == summary["total_steps"] == -(-packed["rows"] // 16)
+
+    evaluation = summary["evaluation"]
+    assert set(evaluation) <= {"helpfulness", "open_harmless"} and "helpfulness" in evaluation
+    held_out = read_json(f"{root}/reward-tokens-test-helpfulness/_manifest.json")
+    report = evaluation["helpfulness"]
+    assert report["pairs"] == held_out["rows"] == COMPARISONS - whole
+    assert sum(r["pairs"] for r in report["by_rating"].values()) == report["pairs"]
+    assert set(report["by_rating"]) <= {"significantly_better", "better", "slightly_better"}
+    assert 0 <= report["accuracy"] <= 1
+    if "open_harmless" in evaluation:
+        assert set(evaluation["open_harmless"]["by_rating"]) == {"unrated"}
+    assert read_json(config.run_config().run_dir / REPORT_FILE) == evaluation
+    hf = json.loads((config.run_config().run_dir / "hf" / "tokenizer_config.json").read_text())
+    assert hf["pad_token"] == "<unk>"
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(
+                any_=["reward-mixture", "reward-metrics", "reward-summary", "reward-accuracy", "reward-evaluation"])),
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+        )
+    by_key = {a.key: a for a in artifacts}
+    assert len(by_key) == 5
+    table = json.loads(by_key["reward-accuracy"].data) if isinstance(by_key["reward-accuracy"].data, str) \
+        else by_key["reward-accuracy"].data
+    overall = next(row for row in table if row["test_set"] == "helpfulness" and row["rating"] == "all")
+    assert overall["accuracy"] == report["accuracy"]
+    assert "data:image/png;base64," in by_key["reward-evaluation"].data
+    assert "# Reward model helpful" in by_key["reward-evaluation"].data
+
+
+def test_a_killed_worker_resumes_through_the_flow_with_the_same_losses(helpful_run, hh_harmless, monkeypatch):
+    config, summary, _ = helpful_run
+    killed = config.model_copy(update={"training": config.training.model_copy(update={"run_name": "killed"})})
+    monkeypatch.setenv(FAULT_ENV, "1:6")  # rank 1 SIGKILLs itself after step 6; checkpoints every 4 steps
+    monkeypatch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+    state = reward(killed, return_state=True)
+    assert state.is_completed(), state.message
+    run_dir = killed.run_config().run_dir
+    assert (run_dir / "fault-injected-1-6").exists() and state.result()["restarts"] == 1
+    assert [e["step"] for e in read_metrics(run_dir) if e.get("event") == "resumed"] == [4]
+    assert losses(run_dir) == losses(config.run_config().run_dir)
+    assert state.result()["evaluation"] == summary["evaluation"]
+
+
+def test_the_flow_config_is_checked_before_anything_runs(tmp_path):
+    rated = ComparisonSet(inputs=["rated.jsonl"])
+    with pytest.raises(ValidationError, match="without a mixture"):
+        RewardFlowConfig(roles={"helpfulness": rated})
+    with pytest.raises(ValidationError, match=r"roles \['helpful'\] are not in its roles"):
+        RewardFlowConfig(mixture="helpfulness", roles={"helpful": rated})
+    with pytest.raises(ValidationError, match="takes all of"):
+        RewardFlowConfig(mixture="safety", roles={"helpfulness": rated})
+    with pytest.raises(ValidationError, match="not inputs or comparisons"):
+        RewardFlowConfig(mixture="helpfulness", roles={"helpfulness": rated}, inputs=["x.jsonl"])
+    with pytest.raises(ValidationError, match="either inputs to ingest or a finished stage"):
+        ComparisonSet()
+    with pytest.raises(ValidationError, match="export_hf"):
+        RewardFlowConfig(training=debug_run(export_hf=False))
+    config = RewardFlowConfig(training=debug_run(data=str(tmp_path / "root" / "pairs")))
+    assert config.comparison_sets() == {"comparisons": (str(tmp_path / "root" / "comparisons"), None)}
+    assert config.test_stage("comparisons") == str(tmp_path / "root" / "pairs-test-comparisons")
+    assert config.run_config().tokenizer == str(tmp_path / "root" / "tokenizer" / "tokenizer.model")
+    rebuilt = run_config_of({"config": config.model_dump(), "overrides": {"training": {"run_name": "other"}}})
+    assert (rebuilt.run_name, rebuilt.data) == ("other", config.run_config().data)
