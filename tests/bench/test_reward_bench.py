@@ -1,0 +1,85 @@
+"""bench/reward.py without TRL: the pairs it hands TRL are our rows' sides, the held-out
+comparisons chat-formatted by transformers are our rows pair for pair, and its two scorers (ours on
+packed rows, transformers' sequence classifier on padded sides) give the same rewards."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from modeling.configs import ModelConfig
+from modeling.reward import RewardModel, margin_table, save_reward_hf
+from tasks.chat_format import encode_dialogue
+from tasks.reward_tokens import pack_pairs, rating_code
+from tasks.synthetic.comparisons import make_comparisons
+from tasks.synthetic.instructions import tokenizer_texts
+from tasks.tokenizer import export_hf, train_tokenizer
+from tasks.tokens import PackedRow
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "reward.py"
+ROW_TOKENS = 64  # half a row, 32 tokens, leaves some synthetic comparisons out as too long
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_reward", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    tokenizer = train_tokenizer(tokenizer_texts(600), tmp_path_factory.mktemp("spm"), vocab_size=600)
+    hf = AutoTokenizer.from_pretrained(export_hf(tokenizer, tmp_path_factory.mktemp("hf")), split_special_tokens=False)
+    hf.pad_token = hf.unk_token
+    records = make_comparisons(90, seed=3)
+    pairs = [(r["context"], r["chosen"], r["rejected"], r["rating"]) for r in records]
+    part = pack_pairs(pairs, tokenizer, ROW_TOKENS, np.dtype(np.uint16))
+    rows = [PackedRow(tokens, np.array(starts, np.int32), None, int(label))
+            for tokens, starts, label in zip(part.rows, part.doc_starts.to_pylist(), part.labels)]
+    return tokenizer, hf, records, part, rows
+
+
+def test_pairs_for_trl_are_our_rows_sides_with_our_margins(bench, packed):
+    tokenizer, _, records, part, rows = packed
+    assert part.dropped.get("too_long", 0) > 0 and len(rows) > 40
+    kept = [r for r in records
+            if max(len(encode_dialogue(tokenizer, [*r["context"], {"role": "assistant", "content": a}]).ids)
+                   for a in (r["chosen"], r["rejected"])) <= ROW_TOKENS // 2]
+    margins = margin_table("large")
+    for row, record in zip(rows, kept):
+        chosen, rejected, code = bench.row_pair(row, ROW_TOKENS)
+        for side, answer in ((chosen, record["chosen"]), (rejected, record["rejected"])):
+            assert list(side) == encode_dialogue(tokenizer, [*record["context"],
+                                                             {"role": "assistant", "content": answer}]).ids
+        assert code == rating_code(record["rating"])
+        example = bench.trl_example((chosen, rejected, code), margins)
+        assert example == {"chosen_ids": list(chosen), "rejected_ids": list(rejected),
+                           "margin": float(margins[code])}
+
+
+def test_chat_formatted_comparisons_are_our_rows(bench, packed):
+    _, hf, records, _, rows = packed
+    ours = Counter(bench.row_pair(row, ROW_TOKENS) for row in rows)
+    assert Counter(bench.chat_pairs(hf, records, ROW_TOKENS // 2)) == ours
+    assert Counter(bench.chat_pairs(hf, records[1:], ROW_TOKENS // 2)) != ours
+
+
+def test_both_scorers_give_the_same_rewards(bench, packed, tmp_path):
+    tokenizer, hf, _, _, rows = packed
+    shape = ModelConfig(dim=32, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=tokenizer.vocab_size,
+                        multiple_of=32, max_seq_len=ROW_TOKENS)
+    torch.manual_seed(0)
+    model = RewardModel(shape, score_seed=1)
+    theirs = AutoModelForSequenceClassification.from_pretrained(save_reward_hf(model, tmp_path / "hf"))
+    ours = bench.our_rewards(model, rows, chunk=16)
+    via_hf = bench.hf_rewards(theirs, [bench.row_pair(row, ROW_TOKENS) for row in rows], hf.pad_token_id, chunk=24)
+    assert ours.shape == (len(rows), 2)
+    assert torch.allclose(ours, via_hf, atol=1e-5)
