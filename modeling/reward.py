@@ -282,11 +282,11 @@ def load_reward_hf(folder: str | Path, *, dtype: torch.dtype | None = None,
     score = tensors.pop("score.weight", None)
     if score is None or tuple(score.shape) != (1, config.dim):
         raise ValueError(f"{folder}: no score.weight of shape (1, {config.dim}) among its weights")
-    weights = {f"backbone.{name}": tensor for name, tensor in from_hf_state_dict(tensors.items(), config)}
+    weights = {f"backbone.{name}": tensor.clone() for name, tensor in from_hf_state_dict(tensors.items(), config)}
     with torch.device("meta"):
         model = RewardModel(config, score_seed=None)
     try:
-        model.load_state_dict(weights | {"score.weight": score}, strict=True, assign=True)
+        model.load_state_dict(weights | {"score.weight": score.clone()}, strict=True, assign=True)
     except RuntimeError as error:
         raise ValueError(f"{folder}: weights do not match the reward model's config: {error}") from None
     return model.to(device=device, dtype=dtype)

@@ -22,9 +22,11 @@ from modeling.reward import (
     llama2_70b_reward_run,
     margin_table,
     ranking_losses,
+    load_reward_hf,
     save_reward_hf,
     score_sequences,
 )
+from modeling.reward_eval import accuracy_report, score_pair_stage
 from modeling.train import Trainer
 from tasks.preferences.ingest import ingest_comparisons
 from tasks.preferences.readers import ComparisonReader
@@ -232,21 +234,19 @@ def test_the_hf_export_is_a_sequence_classifier_giving_our_scores(tmp_path):
         ours = score_sequences(model, sequences, pad_id=0)
     assert_equal_within(ours, theirs, what="rewards")
     assert json.loads((folder / "config.json").read_text())["architectures"] == ["LlamaForSequenceClassification"]
+    loaded = load_reward_hf(folder)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+    assert torch.equal(score_sequences(loaded, sequences, pad_id=0), ours)
+    with pytest.raises(ValueError, match="not a reward model"):
+        load_reward_hf(save_hf(random_model(config), tmp_path / "causal"))
 
 
 # ------------------------------------------------------------------------------ learning, on known answers
 
 
 def accuracy_by_rating(model: RewardModel, stage: str) -> dict[str, float]:
-    """Per rating, the share of a stage's pairs whose chosen answer gets the higher reward."""
-    reader = TokenReader(stage, 0, 1, seed=0)
-    rows = [row for _, row in zip(range(reader.rows_per_epoch), reader)]
-    batch = batch_of_pairs(rows, CPU, margin_table("none"))
-    with torch.no_grad():
-        rewards = model.eval()(batch.tokens, batch.answer_ends, doc_ids=batch.doc_ids, positions=batch.positions)
-    right = (rewards[:, 0] > rewards[:, 1]).numpy()
-    labels = np.array([row.label for row in rows])
-    return {rating: float(right[labels == rating_code(rating)].mean()) for rating in GAP_RATINGS}
+    by_rating = accuracy_report(score_pair_stage(model, stage))["by_rating"]
+    return {rating: by_rating[rating]["accuracy"] for rating in GAP_RATINGS}
 
 
 def test_a_reward_model_ranks_held_out_answers_better_the_larger_the_gap(tmp_path, ray_local, tokenizer):
