@@ -6,7 +6,9 @@ models and curates with the LLaMA 1 recipe, validates both stages with the `shar
 trains a (toy-sized) tokenizer, mixes the sources (`tasks/mixtures/demo.yaml`), packs the
 mixture into shuffled training rows and pretrains the debug-size model on them with Ray Train.
 Then it fine-tunes that model with the `sft` flow: synthetic instruction dialogues
-(`tasks/synthetic/instructions.py`) ingested, packed with the demo's tokenizer and trained on.
+(`tasks/synthetic/instructions.py`) ingested, packed with the demo's tokenizer and trained on, and
+trains a reward model from the chat model with the `reward` flow on synthetic comparisons whose
+better answer is known (`tasks/synthetic/comparisons.py`), evaluated on the held-out ones.
 """
 
 from __future__ import annotations
@@ -22,11 +24,13 @@ from flows.ingest import IngestConfig, ingest
 from flows.mix import MixConfig, mix
 from flows.pretrain import pretrain
 from flows.quality import TrainQualityConfig, train_quality_model
+from flows.reward import RewardFlowConfig, reward
 from flows.sft import SFTFlowConfig, sft
 from flows.shards import ShardsConfig, shards
 from flows.tokenizer import TrainTokenizerConfig, train_tokenizer_flow
 from flows.tokens import TokenizeConfig, tokenize
 from modeling.pretrain import debug_run
+from modeling.reward import debug_run as reward_debug_run
 from modeling.sft import debug_run as sft_debug_run
 from tasks.settings import default_data_root
 from tasks.sources import available_sources
@@ -84,8 +88,18 @@ def demo(config: DemoConfig = DemoConfig()) -> dict[str, Any]:
         training=sft_debug_run(run_name="demo-sft", data=root.join("sft-tokens").uri, output=root.join("runs").uri,
                                init=trained["run_dir"], seed=config.seed),
     ))
+    comparisons = generate_inputs("comparisons", root.join("raw", "comparisons").uri, config.seed)
+    # The demo tokenizer's small vocabulary makes long sides: rows of 256 tokens give each 128.
+    rewarded = reward(RewardFlowConfig(
+        inputs=comparisons, source="synthetic", tokenizer=f"{tokenizer}/tokenizer.model", pack_seed=config.seed,
+        training=reward_debug_run(run_name="demo-reward", data=root.join("reward-tokens").uri,
+                                  output=root.join("runs").uri, init=fine_tuned["run_dir"], seq_len=255,
+                                  global_batch_tokens=32 * 255, seed=config.seed),
+    ))
+    reward_report = rewarded["evaluation"]["synthetic"]
     print(f"demo: {sum(s['kept'] for s in report['by_source'].values())} curated documents in {report['stage_dir']}; "
           f"debug model loss {trained['first_loss']:.3f} -> {trained['final_loss']:.3f} in {trained['run_dir']}; "
           f"fine-tuned on instructions, loss {fine_tuned['first_loss']:.3f} -> {fine_tuned['final_loss']:.3f} "
-          f"in {fine_tuned['run_dir']}")
+          f"in {fine_tuned['run_dir']}; reward model held-out accuracy {reward_report['accuracy']:.3f} "
+          f"({reward_report['pairs']} pairs) in {rewarded['run_dir']}")
     return report

@@ -88,8 +88,6 @@ class RewardFlowConfig(BaseModel):
         unknown = sorted(set(self.roles) - set(recipe.roles))
         if unknown:
             raise ValueError(f"mixture {recipe.name}: roles {unknown} are not in its roles {list(recipe.roles)}")
-        if not set(self.roles) & set(recipe.whole):
-            raise ValueError(f"mixture {recipe.name} takes all of {list(recipe.whole)}: give at least one of them")
         for role in self.roles:
             if not role.replace("_", "").isalnum():
                 raise ValueError(f"role {role!r}: a role is a name of letters, digits and underscores")
@@ -110,6 +108,10 @@ class RewardFlowConfig(BaseModel):
         if self.mixture is None:
             given = ComparisonSet(inputs=self.inputs, reader=self.reader) if self.inputs else None
             return {self.source: (self.comparisons or f"{self.data_root}/comparisons", given)}
+        recipe = self.recipe
+        if not set(self.roles) & set(recipe.whole):  # here, not at validation: a deployment's roles come at run time
+            raise ValueError(f"mixture {recipe.name} takes all of {list(recipe.whole)}: give at least one of them "
+                             f"under roles")
         return {role: (origin.stage or f"{self.data_root}/comparisons-{role}", origin if origin.inputs else None)
                 for role, origin in sorted(self.roles.items())}
 

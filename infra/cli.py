@@ -293,6 +293,67 @@ def sft(
     _print_summary(_run(sft_flow, config))
 
 
+@app.command()
+def reward(
+    input: Annotated[list[str] | None, typer.Option("--input", help="Comparison file or folder to ingest (repeatable; "
+                                                                    "none: pack the comparison stage already there)")] = None,
+    reader: Annotated[str, typer.Option(help="comparisons (our JSON lines: ratings, safety labels) or hh "
+                                             "(Anthropic HH pairs)")] = "comparisons",
+    source: Annotated[str, typer.Option(help="The inputs' source name in the comparison stage")] = "comparisons",
+    mixture: Annotated[str | None, typer.Option(help="Llama 2's mixture over --role inputs: helpfulness or safety")] = None,
+    role: Annotated[list[str] | None, typer.Option("--role", help="ROLE=PATH for the mixture (repeatable): a file or "
+                                                                  "folder to ingest, or a finished comparison stage")] = None,
+    hh_role: Annotated[list[str] | None, typer.Option("--hh-role", help="A role whose files are Anthropic HH pairs "
+                                                                        "(repeatable)")] = None,
+    tokenizer: Annotated[str | None, typer.Option(help="tokenizer.model (default: <data root>/tokenizer)")] = None,
+    preset: Annotated[str, typer.Option(help="Starting point: debug (the demo's chat model and comparisons, CPUs) or "
+                                             "llama2-7b-reward, llama2-13b-reward, llama2-70b-reward")] = "debug",
+    config_file: Annotated[Path | None, typer.Option("--config", help="A RewardConfig as JSON or YAML instead")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Change a field of the run: --set margins=large "
+                                                                 "--set init=data/runs/sft-debug")] = None,
+    print_config: Annotated[bool, typer.Option(help="Print the resulting flow config as JSON and exit")] = False,
+) -> None:
+    """Train a reward model on comparisons: ingest, mix, pack pairs, train with Ray Train, evaluate (the `reward` flow).
+
+    The data root is the folder of the run's `data` (the packed pairs). Exit code 0: trained; 1: the
+    run failed; 2: the config is invalid (nothing started).
+    """
+    from flows.reward import RewardFlowConfig
+    from modeling.reward import PRESETS, RewardConfig
+
+    training = _run_config(RewardConfig, PRESETS, preset, config_file, set_)
+    roles: dict[str, dict] = {}
+    for assignment in role or []:
+        name, separator, path = assignment.partition("=")
+        if not separator or not name or not path:
+            console.print(f"[red]error[/red] --role {assignment!r}: expected ROLE=PATH")
+            raise typer.Exit(code=2)
+        given = roles.setdefault(name, {"inputs": []})
+        if (Path(path) / "_manifest.json").is_file():
+            given["stage"] = _absolute(path)
+        else:
+            given["inputs"].append(_absolute(path))
+    for name in hh_role or []:
+        if name not in roles:
+            console.print(f"[red]error[/red] --hh-role {name}: no --role {name}=PATH given")
+            raise typer.Exit(code=2)
+        roles[name]["reader"] = "hh"
+    config = _config(RewardFlowConfig, inputs=[_absolute(path) for path in input or []], reader=reader, source=source,
+                     mixture=mixture, roles=roles, tokenizer=_absolute(tokenizer) if tokenizer else None,
+                     training=training)
+    if print_config:
+        print(config.model_dump_json(indent=2))
+        return
+    use_running_stack()
+    from flows.reward import reward as reward_flow
+
+    summary = _run(reward_flow, config)
+    _print_summary(summary)
+    for name, report in summary["evaluation"].items():
+        by_rating = ", ".join(f"{rating} {counts['accuracy']:.3f}" for rating, counts in report["by_rating"].items())
+        console.print(f"held-out {name}: accuracy {report['accuracy']:.3f} over {report['pairs']} pairs ({by_rating})")
+
+
 def _run_config(config_class: type, presets: dict, preset: str, config_file: Path | None, assignments: list[str] | None):
     """A training run's config: a preset or a file, with --set FIELD=VALUE changes; exit 2 when invalid."""
     import yaml

@@ -18,7 +18,7 @@ one row, the rating as the row's label) with the document mask always on and pos
 at each side, so each side is scored exactly as alone; its loss comes with the batch's accuracy
 (pairs ranked right) and mean score gap. `RewardConfig` starts from the SFT model (`init`), the
 score head drawn small from the run's seed. `save_reward_hf` exports the model as transformers'
-`LlamaForSequenceClassification`. Presets: `debug` (2 CPUs) and Llama 2 7B/13B/70B by the paper
+`LlamaForSequenceClassification`. Presets: `debug` (2 CPUs: 32 pairs a step) and Llama 2 7B/13B/70B by the paper
 (one epoch, lr 1e-5, 5e-6 for 70B, cosine to 10%, warmup 3% of steps and at least 5, 512 pairs a
 step).
 """
@@ -293,12 +293,14 @@ def load_reward_hf(folder: str | Path, *, dtype: torch.dtype | None = None,
 
 
 def debug_run(**overrides: Any) -> RewardConfig:
-    """The `debug` size on what `make demo` would pack, by the paper's recipe: one epoch of 512 pairs a
-    step, lr 1e-5 with cosine decay to 10% after a warmup of 3% of the steps (at least 5); 2 CPU workers."""
+    """The `debug` size from `make demo`'s chat model on what it packs, in a minute on 2 CPU workers:
+    the paper's schedule (cosine to 10% after a warmup of 3% of the steps, at least 5) and margins,
+    but 32 pairs a step for 2 epochs at the debug size's lr, so that a demo's thousand comparisons
+    make enough steps to learn from (the paper's 512 pairs, one epoch, would be 2 steps)."""
     settings: dict[str, Any] = dict(
         run_name="reward-debug", model="debug", data=f"{default_data_root()}/demo/reward-tokens",
-        init=f"{default_data_root()}/runs/sft-debug", epochs=1, seq_len=255, global_batch_tokens=512 * 255,
-        micro_batch_rows=16, optimizer={"lr": 1e-5}, schedule={"warmup_steps": 5, "warmup_share": 0.03},
+        init=f"{default_data_root()}/runs/sft-debug", epochs=2, seq_len=127, global_batch_tokens=32 * 127,
+        micro_batch_rows=16, optimizer={"lr": 1e-3}, schedule={"warmup_steps": 5, "warmup_share": 0.03},
         checkpoint={"interval_steps": 10, "keep_last": 2}, scaling={"num_workers": 2, "cpus_per_worker": 0.5},
     )
     return RewardConfig.model_validate(settings | overrides)

@@ -126,3 +126,21 @@ def test_demo_fine_tunes_its_pretrained_model_on_instruction_dialogues(demo_run)
     losses = [e["loss"] for e in read_metrics(run_dir) if "event" not in e]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0  # the answers are learnt
     assert (run_dir / "hf" / "model.safetensors").exists() and (run_dir / "hf" / "tokenizer.model").exists()
+
+
+def test_demo_trains_a_reward_model_from_its_chat_model_and_evaluates_it(demo_run):
+    _, _, root = demo_run
+    ingested = json.loads((root / "demo" / "comparisons" / "_manifest.json").read_text())["totals"]["by_source"]
+    assert ingested["synthetic"]["docs_in"] == 600 == ingested["synthetic"]["kept"]
+    packed = json.loads((root / "demo" / "reward-tokens" / "_manifest.json").read_text())
+    counts = packed["sources"]["synthetic"]
+    assert counts["pairs"] == 600 == counts["rows"] + sum(counts["dropped"].values()) + counts["other_split"]
+    run_dir = root / "demo" / "runs" / "demo-reward"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["kind"] == "reward"
+    assert summary["steps"] == summary["total_steps"] == math.ceil(2 * packed["rows"] / 32)  # 2 epochs, 32 pairs a step
+    assert (run_dir / "hf" / "config.json").exists()
+    report = json.loads((run_dir / "reward_eval.json").read_text())["synthetic"]
+    held_out = json.loads((root / "demo" / "reward-tokens-test-synthetic" / "_manifest.json").read_text())
+    assert report["pairs"] == held_out["rows"] > 0
+    assert sum(r["pairs"] for r in report["by_rating"].values()) == report["pairs"]

@@ -6,16 +6,22 @@ and rating, and a killed worker resumed exactly through the flow."""
 from __future__ import annotations
 
 import gzip
+import inspect
 import json
+import os
+from pathlib import Path
 
 import pytest
+import yaml
+from prefect.utilities.templating import apply_values
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 from pydantic import ValidationError
 
 from flows.reward import REPORT_FILE, ComparisonSet, RewardFlowConfig, reward, run_config_of
 from modeling.ray_job import FAULT_ENV, read_metrics
-from modeling.reward import debug_run
+from modeling.reward import RewardConfig, debug_run, llama2_7b_reward_run
+from modeling.run_config import with_overrides
 from tasks.synthetic.comparisons import make_comparisons
 from tasks.synthetic.instructions import tokenizer_texts
 from tasks.tokenizer import train_tokenizer
@@ -135,8 +141,8 @@ def test_the_flow_config_is_checked_before_anything_runs(tmp_path):
         RewardFlowConfig(roles={"helpfulness": rated})
     with pytest.raises(ValidationError, match=r"roles \['helpful'\] are not in its roles"):
         RewardFlowConfig(mixture="helpfulness", roles={"helpful": rated})
-    with pytest.raises(ValidationError, match="takes all of"):
-        RewardFlowConfig(mixture="safety", roles={"helpfulness": rated})
+    with pytest.raises(ValueError, match="takes all of"):
+        RewardFlowConfig(mixture="safety", roles={"helpfulness": rated}).comparison_sets()
     with pytest.raises(ValidationError, match="not inputs or comparisons"):
         RewardFlowConfig(mixture="helpfulness", roles={"helpfulness": rated}, inputs=["x.jsonl"])
     with pytest.raises(ValidationError, match="either inputs to ingest or a finished stage"):
@@ -149,3 +155,30 @@ def test_the_flow_config_is_checked_before_anything_runs(tmp_path):
     assert config.run_config().tokenizer == str(tmp_path / "root" / "tokenizer" / "tokenizer.model")
     rebuilt = run_config_of({"config": config.model_dump(), "overrides": {"training": {"run_name": "other"}}})
     assert (rebuilt.run_name, rebuilt.data) == ("other", config.run_config().data)
+
+
+def reward_deployment(name: str) -> dict:
+    deployments = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())["deployments"]
+    return next(d for d in deployments if d["entrypoint"] == "flows.reward:reward" and d["name"] == name)
+
+
+@pytest.mark.parametrize("model", ["helpful", "safety"])
+def test_the_7b_deployments_are_the_papers_recipe_and_ask_for_their_roles(model, monkeypatch, tmp_path):
+    monkeypatch.setenv("LLAMALINE_DATA", str(tmp_path))  # what `llamaline up` gives `prefect deploy` and the worker
+    parameters = apply_values(reward_deployment(model)["parameters"], os.environ, remove_notset=False)
+    mixture = {"helpful": "helpfulness", "safety": "safety"}[model]
+    assert parameters["config"]["mixture"] == mixture
+    expected = llama2_7b_reward_run(run_name=f"llama2-7b-reward-{model}", data=f"{tmp_path}/reward-{model}-tokens")
+    assert RewardConfig.model_validate(parameters["config"]["training"]) == expected
+    assert expected.init == f"{tmp_path}/runs/llama2-7b-chat-sft"  # the llama2-7b-chat SFT run's folder
+    deployed = RewardFlowConfig.model_validate(parameters["config"])
+    with pytest.raises(ValueError, match="give at least one of them"):  # a run without its data stops at once
+        deployed.comparison_sets()
+    roles = {"safety" if model == "safety" else "helpfulness": {"inputs": ["/data/meta.jsonl"]},
+             "open_harmless": {"inputs": ["/data/hh"], "reader": "hh"}}
+    assert sorted(with_overrides(deployed, {"roles": roles}).comparison_sets()) == sorted(roles)
+
+
+def test_the_debug_deployment_is_the_debug_preset():
+    assert "parameters" not in reward_deployment("debug")  # the flow's defaults, then
+    assert inspect.signature(reward.fn).parameters["config"].default.training == debug_run()

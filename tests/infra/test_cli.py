@@ -17,7 +17,7 @@ from tests.tasks.test_stage import make_spec, make_units
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["up"], ["status"], ["down"], ["demo"], ["shards"], ["ingest"], ["curate"], ["train-quality-model"], ["train-tokenizer"], ["tokenize"], ["mix"], ["pretrain"], ["sft"]])
+@pytest.mark.parametrize("command", [[], ["up"], ["status"], ["down"], ["demo"], ["shards"], ["ingest"], ["curate"], ["train-quality-model"], ["train-tokenizer"], ["tokenize"], ["mix"], ["pretrain"], ["sft"], ["reward"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -73,6 +73,30 @@ def test_sft_builds_its_flow_config_from_inputs_a_preset_and_sets_and_refuses_a_
     assert runner.invoke(app, ["sft", "--reader", "alpaca"]).exit_code == 2
     assert runner.invoke(app, ["sft", "--set", "epochs=1", "--set", "steps=3"]).exit_code == 2
     assert runner.invoke(app, ["sft", "--preset", "llama2-7b"]).exit_code == 2
+
+
+def test_reward_builds_its_flow_config_from_roles_a_preset_and_sets_and_refuses_a_bad_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "stages" / "rated").mkdir(parents=True)
+    (tmp_path / "stages" / "rated" / "_manifest.json").write_text("{}")
+    shown = runner.invoke(app, ["reward", "--mixture", "safety", "--role", "safety=stages/rated",
+                                "--role", "open_harmless=hh/a.jsonl", "--role", "open_harmless=hh/b.jsonl",
+                                "--hh-role", "open_harmless", "--preset", "llama2-70b-reward",
+                                "--set", "margins=large", "--set", "data=stages/pairs", "--print-config"])
+    assert shown.exit_code == 0, shown.output
+    config = json.loads(shown.output)
+    assert config["mixture"] == "safety"
+    assert config["roles"]["safety"] == {"inputs": [], "reader": "comparisons", "stage": str(tmp_path / "stages" / "rated")}
+    assert config["roles"]["open_harmless"] == {"inputs": [str(tmp_path / "hh" / "a.jsonl"), str(tmp_path / "hh" / "b.jsonl")],
+                                                "reader": "hh", "stage": None}
+    training = config["training"]
+    assert (training["margins"], training["optimizer"]["lr"], training["scaling"]["num_workers"]) == ("large", 5e-6, 32)
+
+    assert runner.invoke(app, ["reward", "--role", "safety=x.jsonl"]).exit_code == 2  # roles without a mixture
+    assert runner.invoke(app, ["reward", "--mixture", "safety", "--role", "safe=x.jsonl"]).exit_code == 2
+    assert runner.invoke(app, ["reward", "--mixture", "safety", "--role", "safety"]).exit_code == 2
+    assert runner.invoke(app, ["reward", "--hh-role", "safety"]).exit_code == 2
+    assert runner.invoke(app, ["reward", "--set", "margins=huge"]).exit_code == 2
 
 
 def llamaline(*args: str) -> subprocess.CompletedProcess:

@@ -166,11 +166,13 @@ def test_pairs_pack_one_a_row_with_their_ends_and_ratings(tokenizer):
 
 
 def test_presets_are_the_papers_recipe():
-    for run, lr in ((llama2_7b_reward_run(), 1e-5), (llama2_70b_reward_run(), 5e-6), (debug_run(data="/x"), 1e-5)):
+    for run, lr in ((llama2_7b_reward_run(), 1e-5), (llama2_70b_reward_run(), 5e-6)):
         assert run.kind == "reward" and run.epochs == 1 and run.global_batch_rows == 512
         assert (run.peak_lr, run.schedule.final_lr_ratio) == (lr, 0.1)
+    assert llama2_7b_reward_run().accumulation_steps(8) == 32  # 512 pairs = 8 workers x 2 pairs x 32 micro batches
     run = debug_run(data="/x")
-    assert run.scaling.num_workers == 2 and run.accumulation_steps(2) == 16
+    assert run.kind == "reward" and run.global_batch_rows == 32 and run.schedule.final_lr_ratio == 0.1
+    assert run.scaling.num_workers == 2 and run.accumulation_steps(2) == 1
     for steps, warmup in ((10, 5), (1000, 30), (1001, 31)):
         assert run.model_copy(update={"epochs": None, "steps": steps}).warmup_steps == warmup
 
