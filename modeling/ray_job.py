@@ -87,8 +87,9 @@ class MetricsLog:
         self._append({**metrics, "time": time.time()})
         for name, value in metrics.items():
             if name != "step" and isinstance(value, (int, float)):
-                self.tensorboard.add_scalar(f"train/{name}" if name != "validation_loss" else "validation/loss",
-                                            value, metrics["step"])
+                tag = f"validation/{name.removeprefix('validation_')}" if name.startswith("validation_") \
+                    else f"train/{name}"
+                self.tensorboard.add_scalar(tag, value, metrics["step"])
 
     def close(self) -> None:
         self.tensorboard.close()
@@ -183,7 +184,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
     while trainer.step < config.total_steps:
         metrics = trainer.train_step()
         if trainer.validation_due():
-            metrics["validation_loss"] = trainer.validation_loss()
+            metrics.update(trainer.validation_metrics())
         step = trainer.step
         reported = {k: v for k, v in metrics.items() if v is not None}
         if metrics_log is not None:

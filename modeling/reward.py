@@ -236,6 +236,11 @@ class RewardConfig(FineTuningConfig):
         weights["score.weight"] = initial_score_weight(self.model_shape.dim, self.seed)
         return weights
 
+    def flops_per_token(self) -> int:
+        """The next-token head's matmul (V x D) is not computed; the score head's (1 x D) is."""
+        shape = self.model_shape
+        return super().flops_per_token() - 6 * shape.vocab_size * shape.dim + 6 * shape.dim
+
     def save_hf(self, model: RewardModel, folder: str | Path, **options: Any) -> Path:
         return save_reward_hf(model, folder, pad_token_id=self.hf_pad_token_id, **options)
 

@@ -174,6 +174,10 @@ class RunConfig(Strict):
         checkpoint into it): a Llama; a reward run's adds a score head."""
         return Llama(self.model_shape)
 
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token of the model the run trains, for MFU."""
+        return self.model_shape.flops_per_token(self.seq_len)
+
     def save_hf(self, model: torch.nn.Module, folder: str | Path, **options: Any) -> Path:
         """Write the trained model as a Hugging Face folder (`modeling.checkpoints.save_hf`'s options)."""
         return save_hf(model, folder, **options)

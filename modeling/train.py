@@ -84,7 +84,7 @@ class Trainer:
         self.resumed_from: Path | None = None
         self.skipped_checkpoints: list[tuple[Path, str]] = []
         self._open_batches(None)
-        self.flops_per_token = config.model_shape.flops_per_token(config.seq_len)
+        self.flops_per_token = config.flops_per_token()
         self.peak_flops = config.scaling.peak_flops_per_device or device_peak_flops(
             self.device, parallelism.mixed_precision)
         self.run_folder = config.run_folder()
@@ -173,9 +173,10 @@ class Trainer:
         return (bool(interval) and self.step % interval == 0) or self.step == self.config.total_steps
 
     @torch.no_grad()
-    def validation_loss(self) -> float:
-        """Mean loss over the same `validation.rows` rows per rank every time, weighted by loss tokens
-        as in training."""
+    def validation_metrics(self) -> dict[str, float]:
+        """`validation_loss`: the mean loss over the same `validation.rows` rows per rank every time,
+        weighted by loss tokens as in training; and `validation_<count>` for each count the
+        objective's loss comes with (a reward model's accuracy), as a share of the loss units."""
         config = self.config
         source = self.objective.open(self.rank, self.world_size, self.device, validation=True)
         micro_batches = [source.next_batch(config.micro_batch_rows)
@@ -183,13 +184,19 @@ class Trainer:
         *counts, total_tokens = self._step_loss_tokens(micro_batches)
         self.training_model.eval()
         mean = torch.zeros((), device=self.device)
+        unit_counts: dict[str, Tensor] = {}
         for batch, count in zip(micro_batches, counts):
             with self._autocast():
-                loss, _ = split_loss(self.objective.loss(self.training_model, batch))
+                loss, batch_counts = split_loss(self.objective.loss(self.training_model, batch))
                 mean += loss.float() / (total_tokens / (self.world_size * count))
+            for name, value in batch_counts.items():
+                unit_counts[name] = unit_counts.get(name, 0) + value.detach().float()
         if self.world_size > 1:
             dist.all_reduce(mean, op=dist.ReduceOp.AVG)
-        return mean.item()
+            for value in unit_counts.values():
+                dist.all_reduce(value)
+        return {"validation_loss": mean.item(),
+                **{f"validation_{name}": value.item() / total_tokens for name, value in unit_counts.items()}}
 
     def train(self, until: int | None = None) -> list[dict]:
         """Steps until the run's total (or step `until`), checkpointing into the run folder at the
@@ -198,7 +205,7 @@ class Trainer:
         while self.step < (self.config.total_steps if until is None else until):
             metrics = self.train_step()
             if self.validation_due():
-                metrics["validation_loss"] = self.validation_loss()
+                metrics.update(self.validation_metrics())
             if self.checkpoint_due():
                 self.save()
             history.append(metrics)

@@ -203,14 +203,22 @@ def test_pair_rows_train_through_the_core_and_resume_exactly(tmp_path):
                              [r.doc_starts.tolist() for r in rows], 96, row_group_rows=8, labels=labels)
     assert sorted(row.label for _, row in zip(range(24), TokenReader(stage, 0, 1, seed=0))) == sorted(labels)
 
-    def run(name: str, steps: int) -> RewardConfig:
+    def run(name: str, steps: int, **settings) -> RewardConfig:
         return RewardConfig(run_name=name, output=str(tmp_path / "runs"), data=stage, model=tiny_config(), steps=steps,
                             seq_len=16, global_batch_tokens=8 * 16, micro_batch_rows=4, margins="large",
                             export_hf=False, optimizer={"lr": 1e-3}, schedule={"warmup_steps": 1},
-                            checkpoint={"interval_steps": 2})
+                            checkpoint={"interval_steps": 2}, **settings)
 
     whole = Trainer(run("whole", 4)).train()
     assert all(m["loss_tokens"] == 8 and 0 <= m["accuracy"] <= 1 for m in whole)
+    validated = Trainer(run("validated", 1, validation={"data": stage, "rows": 8, "interval_steps": 1}))
+    metrics = validated.train()[-1]
+    assert 0 <= metrics["validation_accuracy"] <= 1 and metrics["validation_loss"] > 0
+    # MFU's FLOPs count the matmuls the reward model has: its blocks and score head, no vocabulary head.
+    shape = tiny_config()
+    matmul_weights = sum(m.weight.numel() for m in validated.model.modules() if isinstance(m, torch.nn.Linear))
+    attention = 12 * shape.n_layers * shape.n_heads * shape.head_dim * 16
+    assert validated.flops_per_token == 6 * matmul_weights + attention
     Trainer(run("halves", 4)).train(until=2)
     resumed = Trainer(run("halves", 4))
     assert resumed.step == 2

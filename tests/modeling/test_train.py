@@ -201,7 +201,7 @@ def test_held_out_shards_are_never_trained_on_and_give_a_validation_loss(tmp_pat
     held_out = {int(r[0]) for r in rows[24:]}
     assert seen.isdisjoint(held_out) and len(seen) == 24
     assert [("validation_loss" in m) for m in history] == [False, True, False, True]
-    assert trainer.validation_loss() == trainer.validation_loss()  # the same rows every time
+    assert trainer.validation_metrics() == trainer.validation_metrics()  # the same rows every time
     with pytest.raises(ValueError, match="holdout_shards \\(4\\) leaves none of its 4 shards"):
         Trainer(train_config(stage, validation={"holdout_shards": 4}))
     with pytest.raises(ValueError, match="validation.interval_steps is set but there is no validation set"):
