@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import inspect
 import json
+import math
 import os
 from pathlib import Path
 
@@ -89,7 +90,7 @@ def test_the_flow_ingests_mixes_packs_trains_and_evaluates_a_helpfulness_model(h
         counts = packed["sources"][role]
         assert counts["pairs"] == whole == counts["rows"] + sum(counts["dropped"].values())
     assert packed["sources"]["helpfulness"]["rows"] == whole  # the synthetic pairs all fit half a row
-    assert summary["kind"] == "reward" and summary["steps"] == summary["total_steps"] == -(-packed["rows"] // 16)
+    assert summary["kind"] == "reward" and summary["steps"] == summary["total_steps"] == math.ceil(2 * packed["rows"] / 16)  # 2 epochs
 
     evaluation = summary["evaluation"]
     assert set(evaluation) <= {"helpfulness", "open_harmless"} and "helpfulness" in evaluation
@@ -133,6 +134,33 @@ def test_a_killed_worker_resumes_through_the_flow_with_the_same_losses(helpful_r
     assert [e["step"] for e in read_metrics(run_dir) if e.get("event") == "resumed"] == [4]
     assert losses(run_dir) == losses(config.run_config().run_dir)
     assert state.result()["evaluation"] == summary["evaluation"]
+
+
+def test_the_safety_model_mixes_safety_and_harmless_with_a_tenth_of_helpfulness(helpful_run, prefect_api):
+    helpful, _, _ = helpful_run
+    root = helpful.data_root
+    records = [dict(r, chosen_safe=True, rejected_safe=n % 2 == 0) for n, r in enumerate(make_comparisons(300, seed=4))]
+    records.append(dict(records[0], id="unsafe-chosen", chosen_safe=False, rejected_safe=True))  # the paper drops these
+    with open(f"{root}/raw/safety.jsonl", "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+    roles = {"safety": ComparisonSet(inputs=[f"{root}/raw/safety.jsonl"]),
+             "open_harmless": ComparisonSet(stage=f"{root}/comparisons-open_harmless"),  # ingested for the other model
+             "helpfulness": ComparisonSet(stage=f"{root}/comparisons-helpfulness")}
+    training = helpful.training.model_copy(update={"run_name": "safety", "data": f"{root}/reward-safety-tokens"})
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
+        state = reward(RewardFlowConfig(mixture="safety", roles=roles, training=training), return_state=True)
+    assert state.is_completed(), state.message
+    safety = read_json(f"{root}/comparisons-safety/_manifest.json")["totals"]["by_source"]["safety"]
+    assert safety["quarantined_reasons"] == {"unsafe_chosen_over_safe": 1} and safety["kept"] == 300
+    plan = read_json(f"{root}/reward_mix-safety/_mixture.json")
+    whole = plan["roles"]["safety"]["taken"] + plan["roles"]["open_harmless"]["taken"]
+    assert plan["whole"] == whole and plan["roles"]["helpfulness"]["taken"] == plan["target_sampled"] == round(whole / 9)
+    assert abs(plan["realised_share"] - 0.1) < 1 / whole
+    evaluation = state.result()["evaluation"]
+    assert "safety" in evaluation and "helpfulness" in evaluation  # each role's held-out pairs, its own test set
+    # The same held-out helpfulness pairs as the helpfulness model's, scored by this model.
+    assert evaluation["helpfulness"]["pairs"] == read_json(helpful.run_config().run_dir / REPORT_FILE)["helpfulness"]["pairs"]
 
 
 def test_the_flow_config_is_checked_before_anything_runs(tmp_path):
