@@ -66,7 +66,7 @@ class RewardFlowConfig(BaseModel):
                                                     "None: training.tokenizer, else <root>/tokenizer")
     pack_seed: int = Field(0, ge=0, description="Seed of the packed rows' shuffle")
     rows_per_shard: int = Field(16384, ge=1)
-    evaluation_batch_rows: int = Field(16, ge=1, description="Pairs scored at once in the evaluation")
+    evaluation_batch_rows: int = Field(16, ge=1, description="Rows of pairs scored at once in the evaluation")
     training: RewardConfig = Field(default_factory=debug_run,
                                    description="The reward model's run; its data is where the packed pairs go")
 
@@ -170,7 +170,8 @@ def pack(stage: str, split: str, out: str, config: RewardFlowConfig, tokenizer: 
     manifest = pack_comparisons(stage, Tokenizer.load(tokenizer), root, split=split, stage_name=name,
                                 seq_len=config.training.seq_len, seed=config.pack_seed,
                                 rows_per_shard=config.rows_per_shard)
-    print(f"{split} split of {stage}: {manifest['rows']} pair rows in {out}")
+    pairs = sum(source["pairs_packed"] for source in manifest["sources"].values())
+    print(f"{split} split of {stage}: {pairs} pairs in {manifest['rows']} rows in {out}")
     return manifest
 
 

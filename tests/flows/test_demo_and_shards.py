@@ -134,13 +134,13 @@ def test_demo_trains_a_reward_model_from_its_chat_model_and_evaluates_it(demo_ru
     assert ingested["synthetic"]["docs_in"] == 600 == ingested["synthetic"]["kept"]
     packed = json.loads((root / "demo" / "reward-tokens" / "_manifest.json").read_text())
     counts = packed["sources"]["synthetic"]
-    assert counts["pairs"] == 600 == counts["rows"] + sum(counts["dropped"].values()) + counts["other_split"]
+    assert counts["pairs"] == 600 == counts["pairs_packed"] + sum(counts["dropped"].values()) + counts["other_split"]
     run_dir = root / "demo" / "runs" / "demo-reward"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["kind"] == "reward"
-    assert summary["steps"] == summary["total_steps"] == math.ceil(2 * packed["rows"] / 32)  # 2 epochs, 32 pairs a step
+    assert summary["steps"] == summary["total_steps"] == math.ceil(2 * packed["rows"] / 32)  # 2 epochs, 32 rows a step
     assert (run_dir / "hf" / "config.json").exists()
     report = json.loads((run_dir / "reward_eval.json").read_text())["synthetic"]
     held_out = json.loads((root / "demo" / "reward-tokens-test-synthetic" / "_manifest.json").read_text())
-    assert report["pairs"] == held_out["rows"] > 0
+    assert report["pairs"] == held_out["sources"]["synthetic"]["pairs_packed"] > 0
     assert sum(r["pairs"] for r in report["by_rating"].values()) == report["pairs"]

@@ -87,15 +87,18 @@ def test_the_flow_ingests_mixes_packs_trains_and_evaluates_a_helpfulness_model(h
     packed = read_json(f"{root}/reward-tokens/_manifest.json")
     for role in ("helpfulness", "open_harmless"):
         counts = packed["sources"][role]
-        assert counts["pairs"] == whole == counts["rows"] + sum(counts["dropped"].values())
-    assert packed["sources"]["helpfulness"]["rows"] == whole  # the synthetic pairs all fit half a row
-    assert summary["kind"] == "reward" and summary["steps"] == summary["total_steps"] == -(-packed["rows"] // 16)
+        assert counts["pairs"] == whole == counts["pairs_packed"] + sum(counts["dropped"].values())
+    assert packed["sources"]["helpfulness"]["pairs_packed"] == whole  # the synthetic pairs all fit a row
+    pairs_packed = sum(counts["pairs_packed"] for counts in packed["sources"].values())
+    assert packed["rows"] < pairs_packed  # several pairs a row
+    # debug_run's 2 epochs of 16 rows a step
+    assert summary["kind"] == "reward" and summary["steps"] == summary["total_steps"] == -(-2 * packed["rows"] // 16)
 
     evaluation = summary["evaluation"]
     assert set(evaluation) <= {"helpfulness", "open_harmless"} and "helpfulness" in evaluation
     held_out = read_json(f"{root}/reward-tokens-test-helpfulness/_manifest.json")
     report = evaluation["helpfulness"]
-    assert report["pairs"] == held_out["rows"] == COMPARISONS - whole
+    assert report["pairs"] == held_out["sources"]["helpfulness"]["pairs_packed"] == COMPARISONS - whole
     assert sum(r["pairs"] for r in report["by_rating"].values()) == report["pairs"]
     assert set(report["by_rating"]) <= {"significantly_better", "better", "slightly_better"}
     assert 0 <= report["accuracy"] <= 1
