@@ -19,29 +19,32 @@ project's environment):
 
 What both train: `--comparisons` synthetic comparisons with known better answers
 (tasks.synthetic.comparisons; about 20% of the prompts held out as split `test`), ingested as a
-comparison stage and packed by tasks.reward_tokens.pack_comparisons into pair rows of `--seq` + 1
-tokens (chosen side in the first half, rejected in the second, EOS padding, the rating as the row
-label), a SentencePiece tokenizer trained on the synthetic texts and exported for transformers
-with Llama 2's chat template. One randomly initialised LLaMA of the given shape stands for the SFT
-model; RewardConfig(init=...) starts from it with the score head drawn from the seed, and that
-same starting model, exported by modeling.reward.save_reward_hf as a LlamaForSequenceClassification
-folder, is TRL's start (checked: both give the same held-out rewards before training). The same
-optimizer (AdamW 0.9/0.95, eps 1e-5, no weight decay, clip 1.0; lr cosine to 10% without warm-up:
-transformers' warm-up gives its first step lr 0, ours peak/warmup; its cosine reaches 10% a step
-after the last, ours at the last), fp32, `--pairs` comparisons a step, `--steps` steps, the same
-loss: -log sigmoid(r_chosen - r_rejected - m(rating)) with Llama 2's
-`--margins` table (TRL's `margin` column holds our margin of each pair; no center_rewards term).
+comparison stage and packed by tasks.reward_tokens.pack_comparisons into rows of `--seq` + 1 tokens
+holding several pairs each (best-fit decreasing; each pair's chosen then rejected side, EOS padding
+at the row's end, the pairs' ratings as the row's labels), a SentencePiece tokenizer trained on the
+synthetic texts and exported for transformers with Llama 2's chat template. One randomly
+initialised LLaMA of the given shape stands for the SFT model; RewardConfig(init=...) starts from
+it with the score head drawn from the seed, and that same starting model, exported by
+modeling.reward.save_reward_hf as a LlamaForSequenceClassification folder, is TRL's start (checked:
+both give the same held-out rewards before training). The same optimizer (AdamW 0.9/0.95, eps 1e-5,
+no weight decay, clip 1.0; lr cosine to 10% without warm-up: transformers' warm-up gives its first
+step lr 0, ours peak/warmup; its cosine reaches 10% a step after the last, ours at the last), fp32,
+about `--pairs` comparisons a step, the same loss: -log sigmoid(r_chosen - r_rejected - m(rating))
+with Llama 2's `--margins` table (TRL's `margin` column holds our margin of each pair; no
+center_rewards term).
 
-  ours   modeling.train.Trainer on modeling.reward.RewardConfig: one pair a row of --seq + 1 tokens,
-         both sides in one forward with a document mask and positions restarting at each side,
-         the reward read at each side's EOS
+  ours   modeling.train.Trainer on modeling.reward.RewardConfig: `--steps` steps of whole rows of
+         --seq + 1 tokens, as many a step as make `--pairs` pairs at the train stage's pairs per
+         row (a step's pairs vary with their lengths); every side of a row in one forward with a
+         document mask and positions restarting at each side, the reward read at each side's EOS
   TRL    trl.RewardTrainer on exactly the pairs ours trained on, in the same order (ours' reader
-         recorded, TRL's sampler sequential) and pre-tokenized: `chosen_ids`, `rejected_ids`
-         (our rows' sides, so identical ids) and `margin`; max_length = half a row, so TRL keeps
-         every pair ours kept. Its collator stacks the batch's chosen then rejected sides, padded
-         on the right to the batch's longest; gradient checkpointing off (TRL defaults it on; ours
-         is off), bf16 off, no eval, no saving, logs made every step but not printed (ours reports
-         every step too).
+         recorded, TRL's sampler sequential), `--pairs` a step (as many steps as that makes, the
+         last partial batch left out) and pre-tokenized: `chosen_ids`, `rejected_ids` (our rows'
+         sides, so identical ids) and `margin`; max_length = a row, so TRL keeps every pair ours
+         kept. Its collator stacks the batch's chosen then rejected sides, padded on the right to
+         the batch's longest; gradient checkpointing off (TRL defaults it on; ours is off), bf16
+         off, no eval, no saving, logs made every step but not printed (ours reports every step
+         too).
          The tokenizer's pad token is set to <unk> (0): it has none, and TRL would take EOS, with
          which LlamaForSequenceClassification reads the reward at the token before each answer's
          EOS instead of at the EOS ours reads (see modeling.reward.save_reward_hf)
@@ -52,8 +55,8 @@ rows (modeling.reward.batch_of_pairs), TRL's trained model by a transformers for
 held-out comparisons chat-formatted by the tokenizer's chat template (apply_chat_template; checked
 to be the same ids as our test rows, pair for pair). Rates are over the steps after the first
 (warm-up), from wall-clock times at the end of each step, data loading included. "Computed" tokens
-count every position a forward processed (ours: the whole row; TRL: two sides padded to the
-batch's longest), "non-padding" only the two sides' own tokens. Data prep is, for ours, ingest and
+count every position a forward processed (ours: whole rows; TRL: two sides padded to the batch's
+longest), "non-padding" only the sides' own tokens. Data prep is, for ours, ingest and
 packing as Ray stages (parquet parts, manifests; Ray already started), for TRL building the
 in-memory dataset and RewardTrainer's preparation of it (its length filter).
 """
@@ -106,11 +109,16 @@ def import_trl(path: str):
 Pair = tuple[tuple[int, ...], tuple[int, ...], int]  # chosen ids, rejected ids, rating code
 
 
-def row_pair(row, row_tokens: int) -> Pair:
-    """A pair row's two sides (each through its EOS) and its rating code."""
-    chosen_end, rejected_end = answer_ends(row.doc_starts, row_tokens)
+def row_pairs(row, row_tokens: int) -> list[Pair]:
+    """A pair row's pairs, in order: their two sides (each through its EOS) and rating codes."""
     tokens = row.tokens.tolist()
-    return tuple(tokens[:chosen_end + 1]), tuple(tokens[row_tokens // 2:rejected_end + 1]), int(row.label)
+    return [(tuple(tokens[chosen_start:chosen_end + 1]), tuple(tokens[chosen_end + 1:rejected_end + 1]), int(code))
+            for (chosen_end, rejected_end), chosen_start, code
+            in zip(answer_ends(row.doc_starts, row_tokens), row.doc_starts[::2], row.labels)]
+
+
+def stage_pairs(rows: list, row_tokens: int) -> list[Pair]:
+    return [pair for row in rows for pair in row_pairs(row, row_tokens)]
 
 
 def trl_example(pair: Pair, margins: torch.Tensor) -> dict:
@@ -119,16 +127,16 @@ def trl_example(pair: Pair, margins: torch.Tensor) -> dict:
     return {"chosen_ids": list(chosen), "rejected_ids": list(rejected), "margin": float(margins[code])}
 
 
-def chat_pairs(hf_tokenizer, records: list[dict], half: int) -> list[Pair]:
+def chat_pairs(hf_tokenizer, records: list[dict], row_tokens: int) -> list[Pair]:
     """Comparisons chat-formatted by the transformers tokenizer's chat template, those whose sides
-    both fit in half a row (as our packer keeps them)."""
+    fit a row together (as our packer keeps them)."""
     pairs = []
     for record in records:
         sides = [tuple(hf_tokenizer.apply_chat_template(
             [*record["context"], {"role": "assistant", "content": answer}], tokenize=True, return_dict=True,
             tokenizer_kwargs={"split_special_tokens": False})["input_ids"])
             for answer in (record["chosen"], record["rejected"])]
-        if max(map(len, sides)) <= half:
+        if sum(map(len, sides)) <= row_tokens:
             pairs.append((sides[0], sides[1], rating_code(record["rating"])))
     return pairs
 
@@ -148,12 +156,12 @@ def accuracy(right: np.ndarray, codes: np.ndarray) -> dict[str, float]:
 
 @torch.no_grad()
 def our_rewards(model: RewardModel, rows: list, chunk: int = 128) -> torch.Tensor:
-    """(N, 2) rewards of pair rows, chosen and rejected, by our model on the packed rows."""
+    """(N, 2) rewards of the N pairs of pair rows (stage_pairs' order), chosen and rejected, by our
+    model on the packed rows."""
     model.eval()
     out = []
     for start in range(0, len(rows), chunk):
-        batch = batch_of_pairs(rows[start:start + chunk], CPU, margin_table("none"))
-        out.append(model(batch.tokens, batch.answer_ends, doc_ids=batch.doc_ids, positions=batch.positions))
+        out.append(torch.stack(batch_of_pairs(rows[start:start + chunk], CPU, margin_table("none")).rewards(model), 1))
     return torch.cat(out)
 
 
@@ -226,14 +234,21 @@ def summary(name: str, steps: list[dict], ends: list[float], prep_seconds: float
     }
 
 
+def step_rows(train_stage: dict, pairs: int) -> int:
+    """Rows a step that hold about `pairs` pairs, at the packed train stage's pairs per row."""
+    counts = train_stage["sources"]["synthetic"]
+    return max(1, round(pairs * counts["rows"] / counts["pairs_packed"]))
+
+
 def ours_run(work: Path, data: dict, shape: ModelConfig, args) -> tuple[dict, list[Pair], Path, dict]:
     torch.manual_seed(args.seed)
     sft = save_hf(Llama(shape), work / "sft", bos_token_id=data["tokenizer"].bos_id,
                   eos_token_id=data["tokenizer"].eos_id)
+    rows_a_step = step_rows(data["stages"]["train"], args.pairs)
     config = RewardConfig(
         run_name="bench-ours", model=shape, data=data["stages"]["train"]["stage_dir"], output=str(work / "runs"),
-        init=str(sft), steps=args.steps, seq_len=args.seq, global_batch_tokens=args.pairs * args.seq,
-        micro_batch_rows=args.pairs, margins=args.margins, export_hf=False,
+        init=str(sft), steps=args.steps, seq_len=args.seq, global_batch_tokens=rows_a_step * args.seq,
+        micro_batch_rows=rows_a_step, margins=args.margins, export_hf=False,
         optimizer={"lr": args.lr, "weight_decay": 0.0}, schedule={"warmup_steps": 0}, seed=args.seed)
     weights = config.initial_weights()
     start = RewardModel(shape, score_seed=args.seed)
@@ -247,23 +262,24 @@ def ours_run(work: Path, data: dict, shape: ModelConfig, args) -> tuple[dict, li
     source = trainer.batches
     rows = source._rows
 
-    def recording():  # the rows ours trains on, in order, for TRL to train on the same
+    def recording():  # the pairs ours trains on, in order, for TRL to train on the same
         for row in rows:
-            consumed.append(row_pair(row, row_tokens))
+            consumed.extend(row_pairs(row, row_tokens))
             yield row
 
     source._rows = recording()
     steps, ends = [], []
     for _ in range(args.steps):
+        before_step = len(consumed)
         metrics = trainer.train_step()
         ends.append(time.perf_counter())
-        step_pairs = consumed[-args.pairs:]
-        steps.append({"pairs": len(step_pairs), "computed": len(step_pairs) * row_tokens,
+        step_pairs = consumed[before_step:]
+        steps.append({"pairs": len(step_pairs), "computed": rows_a_step * row_tokens,
                       "non_padding": sum(len(c) + len(r) for c, r, _ in step_pairs),
                       "loss": metrics["loss"], "accuracy": metrics["accuracy"]})
-        assert metrics["loss_tokens"] == args.pairs
+        assert metrics["loss_tokens"] == len(step_pairs)
     rewards = our_rewards(trainer.model, data["test_rows"])
-    codes = np.array([row.label for row in data["test_rows"]])
+    codes = np.array([code for _, _, code in stage_pairs(data["test_rows"], row_tokens)])
     held_out = accuracy((rewards[:, 0] > rewards[:, 1]).numpy(), codes)
     return (summary("ours", steps, ends, data["ours_prep_seconds"], held_out), consumed, start_folder,
             {"before": before, "before_accuracy": accuracy((before[:, 0] > before[:, 1]).numpy(), codes)})
@@ -278,31 +294,34 @@ def trl_run(trl, work: Path, data: dict, consumed: list[Pair], start_folder: Pat
     tokenizer = AutoTokenizer.from_pretrained(data["hf_tokenizer"], split_special_tokens=False)
     tokenizer.pad_token = tokenizer.unk_token  # not EOS, which every side ends with (see the docstring)
     pad_id = tokenizer.pad_token_id
-    half = (args.seq + 1) // 2
+    row_tokens = args.seq + 1
+    test_pairs = stage_pairs(data["test_rows"], row_tokens)
 
     # The held-out comparisons chat-formatted by transformers are our test rows, pair for pair.
     test_records = [r for r in data["records"] if r["split"] == "test"]
-    held_out_pairs = chat_pairs(tokenizer, test_records, half)
-    if Counter(held_out_pairs) != Counter(row_pair(row, args.seq + 1) for row in data["test_rows"]):
+    held_out_pairs = chat_pairs(tokenizer, test_records, row_tokens)
+    if Counter(held_out_pairs) != Counter(test_pairs):
         sys.exit("the held-out comparisons chat-formatted by the HF tokenizer are not our test rows")
     model = LlamaForSequenceClassification.from_pretrained(start_folder, attn_implementation="sdpa",
                                                            dtype=torch.float32)
     # Both start from the same model: the same held-out rewards (ours in row order; here matched by pair).
-    order = {pair: n for n, pair in enumerate(row_pair(row, args.seq + 1) for row in data["test_rows"])}
+    order = {pair: n for n, pair in enumerate(test_pairs)}
     start_rewards = hf_rewards(model, held_out_pairs, pad_id)
     ours_start = ours_before[[order[pair] for pair in held_out_pairs]]
     start_gap = float((start_rewards - ours_start).abs().max())
     if start_gap > 1e-4:
         sys.exit(f"TRL's starting model is not ours: held-out rewards differ by up to {start_gap:.2e}")
 
+    trl_steps = len(consumed) // args.pairs
+    trained = consumed[:trl_steps * args.pairs]
     config = trl.RewardConfig(
-        output_dir=str(work / "trl"), max_steps=args.steps, per_device_train_batch_size=args.pairs,
+        output_dir=str(work / "trl"), max_steps=trl_steps, per_device_train_batch_size=args.pairs,
         gradient_accumulation_steps=1, learning_rate=args.lr, lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": 0.1}, warmup_steps=0, weight_decay=0.0, adam_beta1=0.9,
         adam_beta2=0.95, adam_epsilon=1e-5, max_grad_norm=1.0, optim="adamw_torch", seed=args.seed,
         data_seed=args.seed, train_sampling_strategy="sequential", logging_steps=1, save_strategy="no",
         eval_strategy="no", report_to="none", use_cpu=True, bf16=False, fp16=False, activation_checkpointing=False,
-        dataloader_num_workers=0, disable_tqdm=True, max_length=half, center_rewards_coefficient=None,
+        dataloader_num_workers=0, disable_tqdm=True, max_length=row_tokens, center_rewards_coefficient=None,
         dataset_num_proc=None,
     )
     counted: list[dict] = []
@@ -320,19 +339,19 @@ def trl_run(trl, work: Path, data: dict, consumed: list[Pair], start_folder: Pat
 
     margins = margin_table(args.margins)
     started = time.perf_counter()
-    dataset = Dataset.from_list([trl_example(pair, margins) for pair in consumed])
+    dataset = Dataset.from_list([trl_example(pair, margins) for pair in trained])
     trainer = CountingTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                               callbacks=[StepTimes()])
     trainer.remove_callback(PrinterCallback)  # logs are still made every step (log_history), not printed
     prep = time.perf_counter() - started
-    if len(trainer.train_dataset) != len(consumed):
-        sys.exit(f"TRL kept {len(trainer.train_dataset)} of the {len(consumed)} pairs ours trained on")
+    if len(trainer.train_dataset) != len(trained):
+        sys.exit(f"TRL kept {len(trainer.train_dataset)} of the {len(trained)} pairs ours trained on")
     if model.config.pad_token_id != pad_id:
         sys.exit(f"TRL set the model's pad_token_id to {model.config.pad_token_id}, not {pad_id}")
     trainer.train()
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
-    if len(logs) != args.steps or len(counted) != args.steps:
-        sys.exit(f"TRL logged {len(logs)} and ran {len(counted)} steps, not {args.steps}")
+    if len(logs) != trl_steps or len(counted) != trl_steps:
+        sys.exit(f"TRL logged {len(logs)} and ran {len(counted)} steps, not {trl_steps}")
     steps = [c | {"loss": log["loss"], "accuracy": log["accuracy"]} for c, log in zip(counted, logs)]
     rewards = hf_rewards(trainer.model, held_out_pairs, pad_id)
     held_out = accuracy((rewards[:, 0] > rewards[:, 1]).numpy(), np.array([p[2] for p in held_out_pairs]))
@@ -375,8 +394,8 @@ def print_table(ours: dict, peer: dict, before: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--comparisons", type=int, default=3000, help="synthetic comparisons (~20%% held out)")
-    parser.add_argument("--seq", type=int, default=95, help="a pair row holds seq + 1 tokens, half for each side")
-    parser.add_argument("--pairs", type=int, default=32, help="comparisons a step, one micro batch")
+    parser.add_argument("--seq", type=int, default=95, help="a row holds seq + 1 tokens of whole pairs")
+    parser.add_argument("--pairs", type=int, default=32, help="comparisons a step (ours: on average), one micro batch")
     parser.add_argument("--steps", type=int, default=450, help="450: 6 epochs of the default train split")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
@@ -399,10 +418,12 @@ def main() -> None:
         shape = ModelConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads, n_kv_heads=args.kv_heads,
                             vocab_size=tokenizer.vocab_size, multiple_of=32, max_seq_len=args.seq + 1)
         counts = {split: stage["sources"]["synthetic"] for split, stage in data["stages"].items()}
-        print(f"{args.comparisons} comparisons: {counts['train']['rows']} train pairs, {counts['test']['rows']} "
-              f"held out ({sum(c.get('dropped', {}).get('too_long', 0) for c in counts.values())} too long); "
+        print(f"{args.comparisons} comparisons: {counts['train']['pairs_packed']} train pairs in "
+              f"{counts['train']['rows']} rows, {counts['test']['pairs_packed']} held out "
+              f"({sum(c.get('dropped', {}).get('too_long', 0) for c in counts.values())} too long); "
               f"tokenizer {tokenizer.vocab_size} pieces; model dim {args.dim} x {args.layers} layers "
-              f"({shape.n_params / 1e6:.2f}M params); {args.steps} steps of {args.pairs} pairs, rows of "
+              f"({shape.n_params / 1e6:.2f}M params); ours {args.steps} steps of "
+              f"{step_rows(data['stages']['train'], args.pairs)} rows, about {args.pairs} pairs, rows of "
               f"{args.seq + 1} tokens; margins {args.margins}; {args.threads} thread(s); TRL {trl.__version__}",
               flush=True)
         ours, consumed, start_folder, start = ours_run(work, data, shape, args)

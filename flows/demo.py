@@ -94,7 +94,7 @@ def demo(config: DemoConfig = DemoConfig()) -> dict[str, Any]:
         inputs=comparisons, source="synthetic", tokenizer=f"{tokenizer}/tokenizer.model", pack_seed=config.seed,
         training=reward_debug_run(run_name="demo-reward", data=root.join("reward-tokens").uri,
                                   output=root.join("runs").uri, init=fine_tuned["run_dir"], seq_len=255,
-                                  global_batch_tokens=32 * 255, seed=config.seed),
+                                  seed=config.seed),
     ))
     reward_report = rewarded["evaluation"]["synthetic"]
     print(f"demo: {sum(s['kept'] for s in report['by_source'].values())} curated documents in {report['stage_dir']}; "

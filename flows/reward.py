@@ -66,7 +66,7 @@ class RewardFlowConfig(BaseModel):
                                                     "None: training.tokenizer, else <root>/tokenizer")
     pack_seed: int = Field(0, ge=0, description="Seed of the packed rows' shuffle")
     rows_per_shard: int = Field(16384, ge=1)
-    evaluation_batch_rows: int = Field(16, ge=1, description="Pairs scored at once in the evaluation")
+    evaluation_batch_rows: int = Field(16, ge=1, description="Rows of pairs scored at once in the evaluation")
     training: RewardConfig = Field(default_factory=debug_run,
                                    description="The reward model's run; its data is where the packed pairs go")
 
@@ -170,7 +170,8 @@ def pack(stage: str, split: str, out: str, config: RewardFlowConfig, tokenizer: 
     manifest = pack_comparisons(stage, Tokenizer.load(tokenizer), root, split=split, stage_name=name,
                                 seq_len=config.training.seq_len, seed=config.pack_seed,
                                 rows_per_shard=config.rows_per_shard)
-    print(f"{split} split of {stage}: {manifest['rows']} pair rows in {out}")
+    pairs = sum(source["pairs_packed"] for source in manifest["sources"].values())
+    print(f"{split} split of {stage}: {pairs} pairs in {manifest['rows']} rows in {out}")
     return manifest
 
 
@@ -263,7 +264,7 @@ def reward(config: RewardFlowConfig = RewardFlowConfig(), overrides: dict[str, A
     pack(trained_on, "train", training.data, config, training.tokenizer)
     tests = {name: config.test_stage(name) for name in stages}
     held_out = {name: pack(stage, "test", tests[name], config, training.tokenizer)["rows"] for name, stage in stages.items()}
-    summary = train(training)
+    summary = train(training.resolve_pairs_per_step())
     summary["evaluation"] = evaluate(training, {name: tests[name] for name, rows in held_out.items() if rows},
                                      config.evaluation_batch_rows)
     return summary

@@ -13,14 +13,14 @@ the plain ranking loss, never a margin it was not annotated with. Scores and mar
 value per pair ([B]) and `ranking_losses` refuses anything else: a [B, 1] - [B] broadcast would
 give B x B losses mixing every pair with every other.
 
-`PairRows` is the objective: rows of a pair stage (`tasks.reward_tokens`: chosen and rejected in
-one row, the rating as the row's label) with the document mask always on and positions restarting
-at each side, so each side is scored exactly as alone; its loss comes with the batch's accuracy
-(pairs ranked right) and mean score gap. `RewardConfig` starts from the SFT model (`init`), the
-score head drawn small from the run's seed. `save_reward_hf` exports the model as transformers'
-`LlamaForSequenceClassification`. Presets: `debug` (2 CPUs: 32 pairs a step) and Llama 2 7B/13B/70B by the paper
-(one epoch, lr 1e-5, 5e-6 for 70B, cosine to 10%, warmup 3% of steps and at least 5, 512 pairs a
-step).
+`PairRows` is the objective: rows of a pair stage (`tasks.reward_tokens`: several pairs a row,
+each chosen then rejected, the row's labels their ratings) with the document mask always on and
+positions restarting at each side, so each side is scored exactly as alone; its loss is the mean
+over the micro batch's pairs, and comes with their accuracy (pairs ranked right) and mean score
+gap. `RewardConfig` starts from the SFT model (`init`), the score head drawn small from the run's
+seed. `save_reward_hf` exports the model as transformers' `LlamaForSequenceClassification`.
+Presets: `debug` (2 CPUs: 32 rows a step) and Llama 2 7B/13B/70B by the paper (one epoch, lr 1e-5,
+5e-6 for 70B, cosine to 10%, warmup 3% of steps and at least 5, 512 rows a step: see RewardConfig).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from modeling.checkpoints import config_from_hf, from_hf_state_dict, read_hf_weights, save_hf
 from modeling.configs import ModelConfig
 from modeling.llama import Llama
-from modeling.objectives import LossWithCounts, PackedRows, example_positions
+from modeling.objectives import LossWithCounts, PackedRows, example_positions, read_token_manifest
 from modeling.sft import FineTuningConfig
 from tasks.preferences.records import RATINGS, margin
 from tasks.reward_tokens import UNRATED, answer_ends
@@ -86,17 +86,23 @@ class RewardModel(nn.Module):
         """The backbone's blocks, which modeling.parallelize checkpoints, compiles and shards."""
         return self.backbone.layers
 
-    def forward(self, tokens: Tensor, last_token: Tensor, *, doc_ids: Tensor | None = None,
+    def forward(self, tokens: Tensor, last_token: Tensor, *, row: Tensor | None = None, doc_ids: Tensor | None = None,
                 positions: Tensor | None = None, attn_mask: Tensor | None = None) -> Tensor:
-        """The reward of each answer ending at `last_token`: (B,) or (B, K) indices into the (B, T)
-        rows, rewards of the same shape. doc_ids, positions, attn_mask: as Llama's."""
-        T = tokens.shape[1]
-        if last_token.numel() and not (0 <= int(last_token.min()) and int(last_token.max()) < T):
-            raise ValueError(f"last_token indices must lie in 0..{T - 1}, got {last_token.min()}..{last_token.max()}")
+        """The reward of each answer ending at `last_token`, an index into the (B, T) rows: of row
+        `row` (broadcast against `last_token`, e.g. (P, 1) row numbers for (P, 2) pairs of ends), or,
+        without it, of the row of `last_token`'s first dimension ((B,) or (B, K)). Rewards have the
+        broadcast shape. doc_ids, positions, attn_mask: as Llama's."""
+        B, T = tokens.shape
+        if row is None:
+            if last_token.ndim == 0 or last_token.shape[0] != B:
+                raise ValueError(f"without row, last_token's first dimension is the row: {B}, not "
+                                 f"{tuple(last_token.shape)}")
+            row = torch.arange(B, device=last_token.device).reshape(B, *[1] * (last_token.ndim - 1))
+        for name, index, size in (("last_token", last_token, T), ("row", row, B)):
+            if index.numel() and not (0 <= int(index.min()) and int(index.max()) < size):
+                raise ValueError(f"{name} indices must lie in 0..{size - 1}, got {index.min()}..{index.max()}")
         h = self.backbone.final_hidden_states(tokens, doc_ids=doc_ids, positions=positions, attn_mask=attn_mask)
-        index = last_token.reshape(len(tokens), -1)  # (B, K)
-        picked = h.gather(1, index[..., None].expand(-1, -1, h.shape[-1]))  # (B, K, D)
-        return self.score(picked).reshape(last_token.shape)
+        return self.score(h[row, last_token]).squeeze(-1)
 
 
 def ranking_losses(chosen: Tensor, rejected: Tensor, margins: Tensor) -> Tensor:
@@ -141,28 +147,41 @@ def score_sequences(model: RewardModel, sequences: Sequence[Sequence[int]], *, p
 
 @dataclass
 class PairBatch:
-    """One micro batch of pair rows, on the training device."""
+    """One micro batch of pair rows, on the training device, and its P pairs flattened."""
 
-    tokens: Tensor  # (B, T) the whole rows: chosen side, its padding, rejected side, its padding
+    tokens: Tensor  # (B, T) the whole rows: each pair's chosen then rejected side, the row's padding
     doc_ids: Tensor  # (B, T) side or padding index per token
     positions: Tensor  # (B, T) rotary positions, restarting at each side
-    answer_ends: Tensor  # (B, 2) offsets of the chosen and the rejected side's last tokens
-    margins: Tensor  # (B,) m(rating) of each pair
+    pair_rows: Tensor  # (P,) the row each pair is in
+    answer_ends: Tensor  # (P, 2) offsets in its row of each pair's chosen and rejected side's last tokens
+    margins: Tensor  # (P,) m(rating) of each pair
 
     @property
     def loss_tokens(self) -> int:
         """The loss is a mean over pairs: the core weights micro batches by their pairs."""
-        return len(self.tokens)
+        return len(self.pair_rows)
+
+    def rewards(self, model: nn.Module) -> tuple[Tensor, Tensor]:
+        """(P,) rewards of the chosen and of the rejected sides, in fp32."""
+        rewards = model(self.tokens, self.answer_ends, row=self.pair_rows[:, None], doc_ids=self.doc_ids,
+                        positions=self.positions).float()
+        return rewards[:, 0], rewards[:, 1]
 
 
 def batch_of_pairs(rows: Sequence[PackedRow], device: torch.device, margins: Tensor) -> PairBatch:
     row_tokens = len(rows[0].tokens)
     tokens = torch.from_numpy(np.stack([r.tokens for r in rows]).astype(np.int64))
     ids = np.stack([document_ids(r.doc_starts, row_tokens) for r in rows])
-    ends = torch.tensor([answer_ends(r.doc_starts, row_tokens) for r in rows], dtype=torch.int64)
-    labels = torch.tensor([r.label for r in rows], dtype=torch.int64)
+    ends = [answer_ends(r.doc_starts, row_tokens) for r in rows]
+    for row, row_ends in zip(rows, ends):
+        if len(row.labels) != len(row_ends):
+            raise ValueError(f"a pair row of {len(row_ends)} pairs has {len(row.labels)} labels")
+    pair_rows = torch.tensor([n for n, row_ends in enumerate(ends) for _ in row_ends], dtype=torch.int64)
+    flat_ends = torch.tensor([pair for row_ends in ends for pair in row_ends], dtype=torch.int64)
+    codes = torch.from_numpy(np.concatenate([r.labels for r in rows]).astype(np.int64))
     return PairBatch(tokens.to(device), torch.from_numpy(ids).to(device),
-                     torch.from_numpy(example_positions(ids)).to(device), ends.to(device), margins[labels].to(device))
+                     torch.from_numpy(example_positions(ids)).to(device), pair_rows.to(device), flat_ends.to(device),
+                     margins[codes].to(device))
 
 
 class PairSource:
@@ -189,9 +208,9 @@ class PairRows(PackedRows):
 
     def check_data(self) -> dict[str, Any]:
         manifest = super().check_data()
-        if not manifest.get("label"):
-            raise ValueError(f"{self.config.data}: a token stage without row labels is not a stage of comparison "
-                             f"pairs; pack one with tasks.reward_tokens")
+        if not manifest.get("labels"):
+            raise ValueError(f"{self.config.data}: a token stage without per-pair labels is not a stage of packed "
+                             f"comparison pairs; pack one with tasks.reward_tokens")
         return manifest
 
     def open(self, rank: int, world_size: int, device: torch.device, position: dict[str, Any] | None = None,
@@ -199,8 +218,7 @@ class PairRows(PackedRows):
         return PairSource(self.reader(rank, world_size, position, validation), device, self.margins)
 
     def loss(self, model: nn.Module, batch: PairBatch) -> LossWithCounts:
-        rewards = model(batch.tokens, batch.answer_ends, doc_ids=batch.doc_ids, positions=batch.positions).float()
-        chosen, rejected = rewards[:, 0], rewards[:, 1]
+        chosen, rejected = batch.rewards(model)
         losses = ranking_losses(chosen, rejected, batch.margins)
         counts = {"accuracy": (chosen > rejected).sum(), "reward_gap": (chosen - rejected).detach().sum()}
         return LossWithCounts(losses.mean(), counts)
@@ -210,6 +228,12 @@ class PairRows(PackedRows):
 
 
 class RewardConfig(FineTuningConfig):
+    """A reward model's run. A step is `global_batch_rows` rows, as every run's step; with several
+    pairs packed a row, `pairs_per_step` (Llama 2: 512) gives the step in pairs instead: resolved
+    against the packed stage (`resolve_pairs_per_step`, which the reward flow calls) to the rows
+    that hold that many pairs on average, a multiple of the workers' micro batches. The metrics'
+    `loss_tokens` is each step's count of pairs (the loss unit)."""
+
     kind: ClassVar[str] = "reward"
 
     data: str = Field(default_factory=lambda: f"{default_data_root()}/reward-tokens",
@@ -219,6 +243,33 @@ class RewardConfig(FineTuningConfig):
                                                       "distinct pairs but worse on similar ones")
     hf_pad_token_id: int = Field(HF_UNK_ID, ge=0, description="pad_token_id of the HF export, which transformers "
                                                               "reads the score before; never EOS (see save_reward_hf)")
+    pairs_per_step: int | None = Field(None, ge=1, description="The step's pairs on average (Llama 2: 512), "
+                                                               "resolved to rows against the packed stage; None: "
+                                                               "global_batch_tokens / seq_len rows")
+
+    def rows_for_pairs(self, manifest: dict[str, Any]) -> int:
+        """Rows a step that hold `pairs_per_step` pairs at the stage's mean pairs per row."""
+        pairs = sum(source["pairs_packed"] for source in manifest["sources"].values())
+        if not pairs:
+            raise ValueError(f"{self.data}: the pair stage holds no pairs")
+        unit = self.micro_batch_rows * self.scaling.num_workers
+        return unit * max(1, round(self.pairs_per_step * manifest["rows"] / pairs / unit))
+
+    def resolve_pairs_per_step(self) -> RewardConfig:
+        """This run with `global_batch_tokens` set to the rows of `pairs_per_step` pairs (itself without)."""
+        if self.pairs_per_step is None:
+            return self
+        rows = self.rows_for_pairs(read_token_manifest(self.data))
+        return type(self).model_validate(self.model_dump() | {"global_batch_tokens": rows * self.seq_len})
+
+    def check_data(self) -> dict[str, Any]:
+        manifest = super().check_data()
+        if self.pairs_per_step is not None and self.global_batch_rows != self.rows_for_pairs(manifest):
+            rows = self.rows_for_pairs(manifest)
+            raise ValueError(f"pairs_per_step {self.pairs_per_step}: {self.data}'s pairs make {rows} rows a step, "
+                             f"the run has {self.global_batch_rows}: call resolve_pairs_per_step() (the reward flow "
+                             f"does) or set global_batch_tokens to {rows * self.seq_len}")
+        return manifest
 
     def objective(self) -> PairRows:
         return PairRows(self)
@@ -300,23 +351,24 @@ def load_reward_hf(folder: str | Path, *, dtype: torch.dtype | None = None,
 def debug_run(**overrides: Any) -> RewardConfig:
     """The `debug` size from `make demo`'s chat model on what it packs, in a minute on 2 CPU workers:
     the paper's schedule (cosine to 10% after a warmup of 3% of the steps, at least 5) and margins,
-    but 32 pairs a step for 2 epochs at the debug size's lr, so that a demo's thousand comparisons
-    make enough steps to learn from (the paper's 512 pairs, one epoch, would be 2 steps)."""
+    but 32 pairs a step for 2 epochs at the debug size's lr, so that a demo's few hundred
+    comparisons make enough steps to learn from (the paper's 512 pairs, one epoch, would be 1 step)."""
     settings: dict[str, Any] = dict(
         run_name="reward-debug", model="debug", data=f"{default_data_root()}/demo/reward-tokens",
-        init=f"{default_data_root()}/runs/sft-debug", epochs=2, seq_len=127, global_batch_tokens=32 * 127,
-        micro_batch_rows=16, optimizer={"lr": 1e-3}, schedule={"warmup_steps": 5, "warmup_share": 0.03},
+        init=f"{default_data_root()}/runs/sft-debug", epochs=2, seq_len=127, pairs_per_step=32,
+        global_batch_tokens=32 * 127, micro_batch_rows=4, optimizer={"lr": 1e-3}, schedule={"warmup_steps": 5, "warmup_share": 0.03},
         checkpoint={"interval_steps": 10, "keep_last": 2}, scaling={"num_workers": 2, "cpus_per_worker": 0.5},
     )
     return RewardConfig.model_validate(settings | overrides)
 
 
 def _llama2_run(size: str, lr: float, workers: int, micro_batch_rows: int, **overrides: Any) -> RewardConfig:
-    """A Llama 2 reward model by the paper, from the chat model of the same size. Rows of 4096 tokens
-    give each side 2048, within the context the model was trained on."""
+    """A Llama 2 reward model by the paper, from the chat model of the same size. Rows of 4096 tokens,
+    the context the model was trained on, hold any pair whose two sides fit it together; 512 pairs a
+    step, in the rows that hold them (see RewardConfig; 512 rows until resolved)."""
     settings: dict[str, Any] = dict(
         run_name=f"llama2-{size}-reward", model=f"llama2-{size}", init=f"{default_data_root()}/runs/llama2-{size}-chat-sft",
-        epochs=1, seq_len=4095, global_batch_tokens=512 * 4095, micro_batch_rows=micro_batch_rows,
+        epochs=1, seq_len=4095, pairs_per_step=512, global_batch_tokens=512 * 4095, micro_batch_rows=micro_batch_rows,
         optimizer={"lr": lr}, schedule={"warmup_steps": 5, "warmup_share": 0.03},
         parallelism={"activation_checkpointing": "all", "mixed_precision": "bf16"},
         checkpoint={"interval_steps": 100, "keep_last": 2},

@@ -1,7 +1,7 @@
 """Reward-model evaluation: accuracy on held-out comparisons, overall and per rating (Llama 2's
 Table 8), and the scores given to chosen and rejected answers.
 
-`score_pair_stage` scores every row of a pair stage (`tasks.reward_tokens`) once, in stage order;
+`score_pair_stage` scores every pair of a pair stage (`tasks.reward_tokens`) once, in stage order;
 `accuracy_report` counts a pair right when its chosen answer gets the strictly higher reward (a tie
 is wrong: a model that scores everything alike must not look half right). Unrated pairs (Anthropic
 HH's) are reported under `unrated`.
@@ -29,7 +29,7 @@ def rating_name(code: int) -> str:
 
 @dataclass
 class PairScores:
-    """The rewards of a stage's pairs, one entry per pair row."""
+    """The rewards of a stage's pairs, one entry per pair."""
 
     chosen: np.ndarray
     rejected: np.ndarray
@@ -42,7 +42,8 @@ class PairScores:
 
 def score_pair_stage(model: RewardModel, stage: str, *, batch_rows: int = 16,
                      max_rows: int | None = None) -> PairScores:
-    """Every row of the pair stage `stage` (or its first `max_rows`), scored by `model` in eval mode."""
+    """Every pair in the rows of the pair stage `stage` (or in its first `max_rows`), scored by `model`
+    in eval mode, `batch_rows` rows at once."""
     reader = TokenReader(stage, 0, 1, seed=0)
     total = reader.rows_per_epoch if max_rows is None else min(max_rows, reader.rows_per_epoch)
     device = model.score.weight.device
@@ -53,11 +54,10 @@ def score_pair_stage(model: RewardModel, stage: str, *, batch_rows: int = 16,
     with torch.no_grad():
         for start in range(0, total, batch_rows):
             batch_rows_read = [next(rows) for _ in range(min(batch_rows, total - start))]
-            batch = batch_of_pairs(batch_rows_read, device, margins)
-            rewards = model(batch.tokens, batch.answer_ends, doc_ids=batch.doc_ids, positions=batch.positions).float()
-            chosen.append(rewards[:, 0].cpu().numpy())
-            rejected.append(rewards[:, 1].cpu().numpy())
-            labels.extend(row.label for row in batch_rows_read)
+            batch_chosen, batch_rejected = batch_of_pairs(batch_rows_read, device, margins).rewards(model)
+            chosen.append(batch_chosen.cpu().numpy())
+            rejected.append(batch_rejected.cpu().numpy())
+            labels.extend(code for row in batch_rows_read for code in row.labels)
     empty = np.zeros(0, dtype=np.float32)
     return PairScores(np.concatenate(chosen) if chosen else empty, np.concatenate(rejected) if rejected else empty,
                       np.array(labels, dtype=np.int64))

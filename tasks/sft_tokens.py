@@ -2,7 +2,7 @@
 
 Each dialogue of a finished dialogue stage (`tasks.dialogues`) becomes one example, its ids and
 loss mask as Meta's `chat_completion` builds them (`tasks.chat_format`). A part's examples
-are packed into rows of `seq_len + 1` tokens by best-fit decreasing (`RowBuilder`: as dense as
+are packed into rows of `seq_len + 1` tokens by best-fit decreasing (`tasks.tokens.RowBuilder`: as dense as
 TRL's "bfd" packing); the rest of a row is padding (EOS ids, never trained on, its own document). An example is never split across rows, so with the document mask and
 positions restarting per example (`modeling.objectives`) a packed row trains exactly as its
 examples would alone. An example longer than a row is cut to the row; if no answer token is left
@@ -15,7 +15,6 @@ column; the manifest counts dialogues, examples, answer and padding tokens per s
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +26,7 @@ from tasks.dialogues.records import read_dialogues
 from tasks.stage import ShardUnit, units_from_stage
 from tasks.storage import resolve
 from tasks.tokenizer import Tokenizer
-from tasks.tokens import PackedPart, tokenize_and_pack
+from tasks.tokens import PackedPart, RowBuilder, tokenize_and_pack
 
 SFT_STAGE = "sft-tokens"
 
@@ -36,7 +35,7 @@ SFT_STAGE = "sft-tokens"
 class DialoguePacker:
     name: str = "dialogues"
     loss_mask: bool = True
-    label: bool = False
+    labels: bool = False
     tail: str = "padded: a row's room after its last whole example is EOS padding, not trained on"
 
     def pack(self, unit: ShardUnit, tokenizer: Tokenizer, row_tokens: int, dtype: np.dtype) -> PackedPart:
@@ -61,60 +60,11 @@ class DialoguePacker:
             counts["tokens"] += len(ids)
             counts["answer_tokens"] += sum(mask)
             rows.add(ids, mask)
-        tokens, masks, starts = rows.finish(dtype)
-        counts["rows"] = len(tokens)
-        counts["padding_tokens"] = len(tokens) * row_tokens - counts["tokens"]
-        doc_starts = pa.array(starts, pa.list_(pa.int32()))
-        return PackedPart(tokens, doc_starts, masks, counts, dropped)
-
-
-class RowBuilder:
-    """Whole examples into rows by best-fit decreasing: the longest first, each into the fullest row
-    it still fits (a new row when none has room); each row's rest is `pad_id` padding, a document
-    of its own. Rows are in the order they were opened, examples in a row longest first: the same
-    examples always give the same rows."""
-
-    def __init__(self, row_tokens: int, pad_id: int) -> None:
-        self.row_tokens, self.pad_id = row_tokens, pad_id
-        self._examples: list[tuple[list[int], list[bool]]] = []
-
-    def add(self, ids: list[int], mask: list[bool]) -> None:
-        if len(ids) > self.row_tokens:
-            raise ValueError(f"an example of {len(ids)} tokens does not fit a row of {self.row_tokens}")
-        self._examples.append((ids, mask))
-
-    def finish(self, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray, list[list[int]]]:
-        order = sorted(range(len(self._examples)), key=lambda n: -len(self._examples[n][0]))
-        rows: list[list[int]] = []  # example numbers per row
-        room: list[int] = []
-        by_room: list[tuple[int, int]] = []  # (room left, row), sorted: the fullest row that fits by bisect
-        for n in order:
-            length = len(self._examples[n][0])
-            at = bisect.bisect_left(by_room, (length, -1))
-            if at == len(by_room):
-                rows.append([])
-                room.append(self.row_tokens)
-                row = len(rows) - 1
-            else:
-                _, row = by_room.pop(at)
-            rows[row].append(n)
-            room[row] -= length
-            bisect.insort(by_room, (room[row], row))
-        tokens = np.full((len(rows), self.row_tokens), self.pad_id, dtype=dtype)
-        masks = np.zeros((len(rows), self.row_tokens), dtype=bool)
-        starts: list[list[int]] = []
-        for r, members in enumerate(rows):
-            offset, row_starts = 0, []
-            for n in members:
-                ids, mask = self._examples[n]
-                row_starts.append(offset)
-                tokens[r, offset:offset + len(ids)] = ids
-                masks[r, offset:offset + len(ids)] = mask
-                offset += len(ids)
-            if offset < self.row_tokens:
-                row_starts.append(offset)  # the padding
-            starts.append(row_starts)
-        return tokens, masks, starts
+        built = rows.finish(dtype)
+        counts["rows"] = len(built.tokens)
+        counts["padding_tokens"] = len(built.tokens) * row_tokens - counts["tokens"]
+        doc_starts = pa.array(built.doc_starts, pa.list_(pa.int32()))
+        return PackedPart(built.tokens, doc_starts, built.loss_mask, counts, dropped)
 
 
 def pack_dialogues(dialogue_stage: str, tokenizer: Tokenizer, out_root: str, *, stage_name: str = SFT_STAGE,

@@ -23,6 +23,7 @@ random key: a uniform permutation. Same inputs, tokenizer and seed give byte-ide
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import math
@@ -54,7 +55,7 @@ def token_type(vocab_size: int) -> pa.DataType:
     return pa.uint16() if vocab_size <= 1 << 16 else pa.int32()
 
 
-def shard_schema(vocab_size: int, seq_len: int, loss_mask: bool = False, label: bool = False) -> pa.Schema:
+def shard_schema(vocab_size: int, seq_len: int, loss_mask: bool = False, labels: bool = False) -> pa.Schema:
     fields = [
         ("tokens", pa.list_(token_type(vocab_size), seq_len + 1)),
         ("doc_starts", pa.list_(pa.int32())),
@@ -64,8 +65,8 @@ def shard_schema(vocab_size: int, seq_len: int, loss_mask: bool = False, label: 
     ]
     if loss_mask:
         fields.insert(2, ("loss_mask", pa.list_(pa.bool_(), seq_len + 1)))
-    if label:
-        fields.insert(2, ("label", pa.int32()))
+    if labels:
+        fields.insert(2, ("labels", pa.list_(pa.int32())))
     return pa.schema(fields)
 
 
@@ -82,7 +83,7 @@ class PackedPart:
     loss_mask: np.ndarray | None  # (n, row_tokens) bools: tokens trained on as targets; None: all
     counts: dict[str, int]  # documents, tokens, rows, ... (ints, summed per source)
     dropped: dict[str, int] = field(default_factory=dict)  # records not packed, by reason
-    labels: np.ndarray | None = None  # (n,) one integer per row (a packer's own code, e.g. a rating); None: none
+    labels: pa.ListArray | None = None  # per row, integers of a packer's own (e.g. each pair's rating); None: none
 
 
 class Packer(Protocol):
@@ -90,7 +91,7 @@ class Packer(Protocol):
 
     name: str
     loss_mask: bool
-    label: bool  # whether its rows carry an integer label (PackedPart.labels)
+    labels: bool  # whether its rows carry lists of integer labels (PackedPart.labels)
     tail: str  # what becomes of the tokens that do not fill a row (for the manifest)
 
     def pack(self, unit: ShardUnit, tokenizer: Tokenizer, row_tokens: int, dtype: np.dtype) -> PackedPart: ...
@@ -103,7 +104,7 @@ class DocumentPacker:
 
     name: str = "documents"
     loss_mask: bool = False
-    label: bool = False
+    labels: bool = False
     tail: str = "dropped: each part's last tokens that do not fill a row"
 
     def pack(self, unit: ShardUnit, tokenizer: Tokenizer, row_tokens: int, dtype: np.dtype) -> PackedPart:
@@ -167,6 +168,66 @@ def row_doc_starts(starts: np.ndarray, n_rows: int, row_tokens: int) -> pa.ListA
     return pa.ListArray.from_arrays(pa.array(row_bounds, pa.int32()), pa.array(starts % row_tokens, pa.int32()))
 
 
+class BuiltRows(NamedTuple):
+    tokens: np.ndarray  # (rows, row_tokens)
+    loss_mask: np.ndarray  # (rows, row_tokens) bools, False where an item came without a mask and in padding
+    doc_starts: list[list[int]]  # per row, in-row offsets of its items' documents, then of its padding if any
+    items: list[list[int]]  # per row, the numbers (in order added) of the items it holds, in row order
+
+
+class RowBuilder:
+    """Whole items into rows by best-fit decreasing: the longest first, each into the fullest row it
+    still fits (a new row when none has room); each row's rest is `pad_id` padding, a document of
+    its own. An item is one document (a fine-tuning example) or several laid end to end (a
+    comparison's chosen then rejected side), never split across rows. Rows are in the order they
+    were opened, items in a row longest first: the same items always give the same rows."""
+
+    def __init__(self, row_tokens: int, pad_id: int) -> None:
+        self.row_tokens, self.pad_id = row_tokens, pad_id
+        self._items: list[tuple[Sequence[int], Sequence[bool] | None, Sequence[int]]] = []
+
+    def add(self, ids: Sequence[int], mask: Sequence[bool] | None = None, doc_starts: Sequence[int] = (0,)) -> None:
+        """One item: its ids, its loss mask (None: no token trained on) and the offsets in it where its
+        documents start."""
+        if len(ids) > self.row_tokens:
+            raise ValueError(f"an item of {len(ids)} tokens does not fit a row of {self.row_tokens}")
+        self._items.append((ids, mask, doc_starts))
+
+    def finish(self, dtype: np.dtype) -> BuiltRows:
+        order = sorted(range(len(self._items)), key=lambda n: -len(self._items[n][0]))
+        rows: list[list[int]] = []  # item numbers per row
+        room: list[int] = []
+        by_room: list[tuple[int, int]] = []  # (room left, row), sorted: the fullest row that fits by bisect
+        for n in order:
+            length = len(self._items[n][0])
+            at = bisect.bisect_left(by_room, (length, -1))
+            if at == len(by_room):
+                rows.append([])
+                room.append(self.row_tokens)
+                row = len(rows) - 1
+            else:
+                _, row = by_room.pop(at)
+            rows[row].append(n)
+            room[row] -= length
+            bisect.insort(by_room, (room[row], row))
+        tokens = np.full((len(rows), self.row_tokens), self.pad_id, dtype=dtype)
+        masks = np.zeros((len(rows), self.row_tokens), dtype=bool)
+        starts: list[list[int]] = []
+        for r, members in enumerate(rows):
+            offset, row_starts = 0, []
+            for n in members:
+                ids, mask, item_starts = self._items[n]
+                row_starts.extend(offset + start for start in item_starts)
+                tokens[r, offset:offset + len(ids)] = ids
+                if mask is not None:
+                    masks[r, offset:offset + len(ids)] = mask
+                offset += len(ids)
+            if offset < self.row_tokens:
+                row_starts.append(offset)  # the padding
+            starts.append(row_starts)
+        return BuiltRows(tokens, masks, starts, rows)
+
+
 def row_keys(seed: int, source: str, part: int, n_rows: int) -> np.ndarray:
     source_word = int.from_bytes(hashlib.blake2b(source.encode(), digest_size=8).digest(), "little")
     generator = np.random.PCG64(np.random.SeedSequence([seed, source_word, part]))
@@ -198,7 +259,7 @@ def pack_part(job: PackJob, unit: ShardUnit) -> dict[str, Any]:
         columns["loss_mask"] = pa.FixedSizeListArray.from_arrays(
             pa.array(packed.loss_mask[order].reshape(-1), pa.bool_()), job.row_tokens)
     if packed.labels is not None:
-        columns["label"] = pa.array(packed.labels[order], pa.int32())
+        columns["labels"] = packed.labels.take(pa.array(order))
     target = packed_location(job.stage_dir, unit.source, unit.index, ".parquet")
     with atomic_output(target) as stream:
         pq.write_table(pa.table(columns), stream, row_group_size=PACKED_ROW_GROUP_ROWS, compression=COMPRESSION)
@@ -346,7 +407,7 @@ def tokenize_and_pack(
         for stale in stage_dir.list_files(".parquet"):
             if int(stale.name.removeprefix("shard-").split(".")[0]) >= shards:
                 stale.delete()
-        schema = shard_schema(tokenizer.vocab_size, seq_len, packer.loss_mask, packer.label)
+        schema = shard_schema(tokenizer.vocab_size, seq_len, packer.loss_mask, packer.labels)
         plans = plan_shards(packed, shards)
         written = run_tasks(write_shard, [(plan, schema) for plan in plans], shared=(job,), label=f"{stage_name}: shards")
         manifest = {
@@ -364,7 +425,7 @@ def tokenize_and_pack(
             "tokenizer_sha256": parameters["tokenizer_sha256"],
             "packer": packer.name,
             "loss_mask": packer.loss_mask,
-            "label": packer.label,
+            "labels": packer.labels,
             "tail": packer.tail,
             "rows": total_rows,
             "tokens": total_rows * (seq_len + 1),
@@ -433,7 +494,7 @@ class PackedRow(NamedTuple):
     tokens: np.ndarray  # (seq_len + 1,), the stage's token type
     doc_starts: np.ndarray  # in-row offsets where documents start
     loss_mask: np.ndarray | None  # (seq_len + 1,) bools: which tokens are trained on as targets; None: all
-    label: int | None = None  # the row's integer label, for stages that carry one
+    labels: np.ndarray | None = None  # the row's integer labels, for stages that carry them
 
 
 @dataclass(frozen=True)
@@ -441,7 +502,7 @@ class TokenBatch:
     tokens: np.ndarray  # (B, seq_len + 1), the stage's token type
     doc_starts: list[np.ndarray]  # per row, in-row offsets where documents start
     loss_mask: np.ndarray | None  # (B, seq_len + 1) bools, for stages that carry one
-    labels: np.ndarray | None = None  # (B,) integers, for stages that carry them
+    labels: list[np.ndarray] | None = None  # per row, its integer labels, for stages that carry them
 
 
 class TokenReader:
@@ -472,7 +533,7 @@ class TokenReader:
             f"{manifest['fingerprint']}:shards={','.join(map(str, chosen))}"
         self.row_tokens = manifest["row_tokens"]
         self.has_loss_mask = bool(manifest.get("loss_mask", False))
-        self.has_label = bool(manifest.get("label", False))
+        self.has_labels = bool(manifest.get("labels", False))
         self._groups = [(all_shards[s]["path"], group, rows)
                         for s in chosen for group, rows in enumerate(all_shards[s]["row_groups"])]
         total_rows = sum(rows for _, _, rows in self._groups)
@@ -506,7 +567,7 @@ class TokenReader:
         while True:
             taken = [next(rows) for _ in range(batch_size)]
             masks = np.stack([row.loss_mask for row in taken]) if self.has_loss_mask else None
-            labels = np.array([row.label for row in taken]) if self.has_label else None
+            labels = [row.labels for row in taken] if self.has_labels else None
             yield TokenBatch(np.stack([row.tokens for row in taken]), [row.doc_starts for row in taken], masks, labels)
 
     def _epoch_rows(self) -> Iterator[PackedRow]:
@@ -526,39 +587,44 @@ class TokenReader:
             for row in row_order[first:last]:
                 self._offset += 1
                 yield PackedRow(tokens[row], starts[row], masks[row] if masks is not None else None,
-                                int(labels[row]) if labels is not None else None)
+                                labels[row] if labels is not None else None)
             position = group_starts[k + 1]
             k += 1
 
-    def _read_group(self, group: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None, np.ndarray | None]:
+    def _read_group(self, group: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None,
+                                               list[np.ndarray] | None]:
         path, row_group, _ = self._groups[group]
         columns = ["tokens", "doc_starts"] + (["loss_mask"] if self.has_loss_mask else []) \
-            + (["label"] if self.has_label else [])
+            + (["labels"] if self.has_labels else [])
         with resolve(path).open_random_access() as f:
             table = pq.ParquetFile(f).read_row_group(row_group, columns=columns)
         tokens = table.column("tokens").combine_chunks()
         flat = tokens.flatten().to_numpy().reshape(-1, self.row_tokens)
-        starts = table.column("doc_starts").combine_chunks()
-        offsets = starts.offsets.to_numpy()
-        values = starts.flatten().to_numpy()
         masks = None
         if self.has_loss_mask:
             bits = table.column("loss_mask").combine_chunks().flatten()
             masks = bits.to_numpy(zero_copy_only=False).reshape(-1, self.row_tokens)
-        labels = table.column("label").to_numpy() if self.has_label else None
-        return flat, [values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)], masks, labels
+        labels = _row_lists(table.column("labels")) if self.has_labels else None
+        return flat, _row_lists(table.column("doc_starts")), masks, labels
+
+
+def _row_lists(column: pa.ChunkedArray) -> list[np.ndarray]:
+    """A list column's values per row, as numpy views."""
+    lists = column.combine_chunks()
+    offsets, values = lists.offsets.to_numpy(), lists.flatten().to_numpy()
+    return [values[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
 def write_rows_stage(stage_dir: str, rows: np.ndarray, doc_starts: Sequence[Sequence[int]], vocab_size: int,
                      shards: int = 1, row_group_rows: int = SHARD_ROW_GROUP_ROWS,
-                     labels: Sequence[int] | None = None) -> str:
+                     labels: Sequence[Sequence[int]] | None = None) -> str:
     """A finished token stage made directly from rows already in memory (tests, benchmarks):
-    `rows` (n, seq_len + 1) in order, cut into `shards` shards of near-equal size; `labels`, one
-    integer per row, for a stage whose rows carry one."""
+    `rows` (n, seq_len + 1) in order, cut into `shards` shards of near-equal size; `labels`, a list
+    of integers per row, for a stage whose rows carry them."""
     stage = resolve(stage_dir)
     seq_len = rows.shape[1] - 1
     entries = []
-    schema = shard_schema(vocab_size, seq_len, label=labels is not None)
+    schema = shard_schema(vocab_size, seq_len, labels=labels is not None)
     for index, chunk in enumerate(np.array_split(np.arange(len(rows)), shards)):
         columns = {
             "tokens": pa.FixedSizeListArray.from_arrays(pa.array(rows[chunk].reshape(-1)), rows.shape[1]),
@@ -568,7 +634,7 @@ def write_rows_stage(stage_dir: str, rows: np.ndarray, doc_starts: Sequence[Sequ
             "row_in_part": pa.array(chunk, pa.int32()),
         }
         if labels is not None:
-            columns["label"] = pa.array([labels[i] for i in chunk], pa.int32())
+            columns["labels"] = pa.array([list(labels[i]) for i in chunk], pa.list_(pa.int32()))
         table = pa.table(columns).select(schema.names).cast(schema)
         target = shard_location(stage, index)
         with atomic_output(target) as stream:
@@ -577,10 +643,10 @@ def write_rows_stage(stage_dir: str, rows: np.ndarray, doc_starts: Sequence[Sequ
         entries.append({"path": target.uri, "rows": len(chunk), "row_groups": groups})
     digest = hashlib.sha256(rows.tobytes() + json.dumps([list(map(int, d)) for d in doc_starts]).encode())
     if labels is not None:
-        digest.update(json.dumps(list(map(int, labels))).encode())
+        digest.update(json.dumps([list(map(int, row)) for row in labels]).encode())
     manifest = {"stage_dir": stage.uri, "fingerprint": digest.hexdigest(), "seq_len": seq_len,
                 "row_tokens": seq_len + 1, "rows": len(rows), "tokens": int(rows.size), "vocab_size": vocab_size,
-                "label": labels is not None, "shards": entries}
+                "labels": labels is not None, "shards": entries}
     write_json_atomic(stage.join(MANIFEST), manifest)
     mark(stage, {WHOLE_STAGE: manifest["fingerprint"]})
     return stage.uri

@@ -23,7 +23,7 @@ from tasks.tokenizer import export_hf, train_tokenizer
 from tasks.tokens import PackedRow
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "reward.py"
-ROW_TOKENS = 64  # half a row, 32 tokens, leaves some synthetic comparisons out as too long
+ROW_TOKENS = 64  # leaves some synthetic comparisons out as too long, and fits two of others
 
 
 @pytest.fixture(scope="module")
@@ -42,24 +42,22 @@ def packed(tmp_path_factory):
     records = make_comparisons(90, seed=3)
     pairs = [(r["context"], r["chosen"], r["rejected"], r["rating"]) for r in records]
     part = pack_pairs(pairs, tokenizer, ROW_TOKENS, np.dtype(np.uint16))
-    rows = [PackedRow(tokens, np.array(starts, np.int32), None, int(label))
-            for tokens, starts, label in zip(part.rows, part.doc_starts.to_pylist(), part.labels)]
+    rows = [PackedRow(tokens, np.array(starts, np.int32), None, np.array(codes, np.int32))
+            for tokens, starts, codes in zip(part.rows, part.doc_starts.to_pylist(), part.labels.to_pylist())]
     return tokenizer, hf, records, part, rows
 
 
 def test_pairs_for_trl_are_our_rows_sides_with_our_margins(bench, packed):
     tokenizer, _, records, part, rows = packed
-    assert part.dropped.get("too_long", 0) > 0 and len(rows) > 40
-    kept = [r for r in records
-            if max(len(encode_dialogue(tokenizer, [*r["context"], {"role": "assistant", "content": a}]).ids)
-                   for a in (r["chosen"], r["rejected"])) <= ROW_TOKENS // 2]
+    assert part.dropped.get("too_long", 0) > 0 and len(rows) > 20
+    assert part.counts["pairs_packed"] > len(rows)  # some rows hold two pairs
+    encoded = [tuple(tuple(encode_dialogue(tokenizer, [*r["context"], {"role": "assistant", "content": a}]).ids)
+                     for a in (r["chosen"], r["rejected"])) + (rating_code(r["rating"]),) for r in records]
+    kept = [pair for pair in encoded if len(pair[0]) + len(pair[1]) <= ROW_TOKENS]
+    ours = bench.stage_pairs(rows, ROW_TOKENS)
+    assert Counter(ours) == Counter(kept) and len(ours) == part.counts["pairs_packed"]
     margins = margin_table("large")
-    for row, record in zip(rows, kept):
-        chosen, rejected, code = bench.row_pair(row, ROW_TOKENS)
-        for side, answer in ((chosen, record["chosen"]), (rejected, record["rejected"])):
-            assert list(side) == encode_dialogue(tokenizer, [*record["context"],
-                                                             {"role": "assistant", "content": answer}]).ids
-        assert code == rating_code(record["rating"])
+    for chosen, rejected, code in ours:
         example = bench.trl_example((chosen, rejected, code), margins)
         assert example == {"chosen_ids": list(chosen), "rejected_ids": list(rejected),
                            "margin": float(margins[code])}
@@ -67,9 +65,9 @@ def test_pairs_for_trl_are_our_rows_sides_with_our_margins(bench, packed):
 
 def test_chat_formatted_comparisons_are_our_rows(bench, packed):
     _, hf, records, _, rows = packed
-    ours = Counter(bench.row_pair(row, ROW_TOKENS) for row in rows)
-    assert Counter(bench.chat_pairs(hf, records, ROW_TOKENS // 2)) == ours
-    assert Counter(bench.chat_pairs(hf, records[1:], ROW_TOKENS // 2)) != ours
+    ours = Counter(bench.stage_pairs(rows, ROW_TOKENS))
+    assert Counter(bench.chat_pairs(hf, records, ROW_TOKENS)) == ours
+    assert Counter(bench.chat_pairs(hf, records[1:], ROW_TOKENS)) != ours
 
 
 def test_both_scorers_give_the_same_rewards(bench, packed, tmp_path):
@@ -80,6 +78,6 @@ def test_both_scorers_give_the_same_rewards(bench, packed, tmp_path):
     model = RewardModel(shape, score_seed=1)
     theirs = AutoModelForSequenceClassification.from_pretrained(save_reward_hf(model, tmp_path / "hf"))
     ours = bench.our_rewards(model, rows, chunk=16)
-    via_hf = bench.hf_rewards(theirs, [bench.row_pair(row, ROW_TOKENS) for row in rows], hf.pad_token_id, chunk=24)
-    assert ours.shape == (len(rows), 2)
+    via_hf = bench.hf_rewards(theirs, bench.stage_pairs(rows, ROW_TOKENS), hf.pad_token_id, chunk=24)
+    assert ours.shape == (len(bench.stage_pairs(rows, ROW_TOKENS)), 2)
     assert torch.allclose(ours, via_hf, atol=1e-5)

@@ -15,6 +15,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, Fl
 from flows.demo import DemoConfig, demo
 from flows.shards import ShardsConfig, StageInvalid, shards
 from modeling.ray_job import read_metrics
+from modeling.reward import debug_run as reward_debug_run
 
 
 def _artifacts(keys, flow_run_id=None):
@@ -122,7 +123,8 @@ def test_demo_fine_tunes_its_pretrained_model_on_instruction_dialogues(demo_run)
     run_dir = root / "demo" / "runs" / "demo-sft"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["kind"] == "sft"
-    assert summary["steps"] == summary["total_steps"] == math.ceil(2 * packed["rows"] / 8)  # 2 epochs, 8 rows a step
+    step_rows = reward_debug_run(seq_len=255).rows_for_pairs(packed)  # the rows of 32 pairs
+    assert summary["steps"] == summary["total_steps"] == math.ceil(2 * packed["rows"] / step_rows)  # 2 epochs
     losses = [e["loss"] for e in read_metrics(run_dir) if "event" not in e]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0  # the answers are learnt
     assert (run_dir / "hf" / "model.safetensors").exists() and (run_dir / "hf" / "tokenizer.model").exists()
@@ -135,13 +137,14 @@ def test_demo_trains_a_reward_model_from_its_chat_model_and_evaluates_it(demo_ru
     packed = json.loads((root / "demo" / "reward-tokens" / "_manifest.json").read_text())
     counts = packed["sources"]["synthetic"]
     assert counts["pairs"] + counts["other_split"] == 600  # the train split here, the test split held out
-    assert counts["pairs"] == counts["rows"] + sum(counts["dropped"].values())
+    assert counts["pairs"] == counts["pairs_packed"] + sum(counts["dropped"].values())
     run_dir = root / "demo" / "runs" / "demo-reward"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["kind"] == "reward"
-    assert summary["steps"] == summary["total_steps"] == math.ceil(2 * packed["rows"] / 32)  # 2 epochs, 32 pairs a step
+    step_rows = reward_debug_run(seq_len=255).rows_for_pairs(packed)  # the rows of 32 pairs
+    assert summary["steps"] == summary["total_steps"] == math.ceil(2 * packed["rows"] / step_rows)  # 2 epochs
     assert (run_dir / "hf" / "config.json").exists()
     report = json.loads((run_dir / "reward_eval.json").read_text())["synthetic"]
     held_out = json.loads((root / "demo" / "reward-tokens-test-synthetic" / "_manifest.json").read_text())
-    assert report["pairs"] == held_out["rows"] > 0
+    assert report["pairs"] == held_out["sources"]["synthetic"]["pairs_packed"] > 0
     assert sum(r["pairs"] for r in report["by_rating"].values()) == report["pairs"]

@@ -37,7 +37,7 @@ TINY_MODEL = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_si
 def flow_config(root, hh_file, run_name: str) -> RewardFlowConfig:
     training = debug_run(
         run_name=run_name, model=TINY_MODEL, init=None, data=str(root / "reward-tokens"), output=str(root / "runs"),
-        seq_len=SEQ_LEN, global_batch_tokens=16 * SEQ_LEN, micro_batch_rows=4, optimizer={"lr": 3e-3},
+        seq_len=SEQ_LEN, micro_batch_rows=4, optimizer={"lr": 3e-3},
         checkpoint={"interval_steps": 4, "keep_last": 2}, seed=3,
     )
     roles = {"helpfulness": ComparisonSet(inputs=[str(root / "raw" / "rated.jsonl")]),
@@ -88,15 +88,22 @@ def test_the_flow_ingests_mixes_packs_trains_and_evaluates_a_helpfulness_model(h
     packed = read_json(f"{root}/reward-tokens/_manifest.json")
     for role in ("helpfulness", "open_harmless"):
         counts = packed["sources"][role]
-        assert counts["pairs"] == whole == counts["rows"] + sum(counts["dropped"].values())
-    assert packed["sources"]["helpfulness"]["rows"] == whole  # the synthetic pairs all fit half a row
-    assert summary["kind"] == "reward" and summary["steps"] == summary["total_steps"] == math.ceil(2 * packed["rows"] / 16)  # 2 epochs
+        assert counts["pairs"] == whole == counts["pairs_packed"] + sum(counts["dropped"].values())
+    assert packed["sources"]["helpfulness"]["pairs_packed"] == whole  # the synthetic pairs all fit a row
+    pairs_packed = sum(counts["pairs_packed"] for counts in packed["sources"].values())
+    assert packed["rows"] < pairs_packed  # several pairs a row
+    # debug_run's 2 epochs of 32 pairs a step, in the rows that hold them on average
+    step_rows = config.training.rows_for_pairs(packed)
+    assert step_rows == 8 * max(1, round(32 * packed["rows"] / pairs_packed / 8))
+    assert summary["kind"] == "reward" and summary["steps"] == summary["total_steps"] == -(-2 * packed["rows"] // step_rows)
+    steps = [e for e in read_metrics(config.run_config().run_dir) if "event" not in e]
+    assert abs(sum(e["loss_tokens"] for e in steps) / len(steps) - 32) < 8  # pairs a step
 
     evaluation = summary["evaluation"]
     assert set(evaluation) <= {"helpfulness", "open_harmless"} and "helpfulness" in evaluation
     held_out = read_json(f"{root}/reward-tokens-test-helpfulness/_manifest.json")
     report = evaluation["helpfulness"]
-    assert report["pairs"] == held_out["rows"] == COMPARISONS - whole
+    assert report["pairs"] == held_out["sources"]["helpfulness"]["pairs_packed"] == COMPARISONS - whole
     assert sum(r["pairs"] for r in report["by_rating"].values()) == report["pairs"]
     assert set(report["by_rating"]) <= {"significantly_better", "better", "slightly_better"}
     assert 0 <= report["accuracy"] <= 1

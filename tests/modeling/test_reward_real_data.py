@@ -41,8 +41,8 @@ def test_real_hh_pairs_train_and_evaluate(tmp_path, ray_local, hh_harmless, one_
     for split in ("train", "test"):
         c = counts[split]
         assert c["pairs"] + c["other_split"] == totals["kept"]
-        assert c["pairs"] == c.get("pairs_packed", c["rows"]) + sum(c["dropped"].values())
-    held_out_pairs = counts["test"].get("pairs_packed", counts["test"]["rows"])
+        assert c["pairs"] == c["pairs_packed"] + sum(c["dropped"].values())
+    held_out_pairs = counts["test"]["pairs_packed"]
     assert held_out_pairs > 50
 
     config = RewardConfig(run_name="hh", output=str(tmp_path / "runs"), data=stages["train"]["stage_dir"],

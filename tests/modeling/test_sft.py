@@ -22,10 +22,10 @@ from modeling.train import Trainer
 from tasks.chat_format import encode_prompt
 from tasks.dialogues.ingest import ingest_dialogues
 from tasks.dialogues.readers import HHReader, MessagesReader
-from tasks.sft_tokens import RowBuilder, pack_dialogues
+from tasks.sft_tokens import pack_dialogues
 from tasks.synthetic.instructions import check_answer, make_instructions, split_heldout, tokenizer_texts, write_jsonl
 from tasks.tokenizer import train_tokenizer
-from tasks.tokens import PackedRow
+from tasks.tokens import PackedRow, RowBuilder
 from tests.modeling.helpers import random_model, tiny_config, write_token_stage
 
 pytestmark = [
@@ -44,7 +44,7 @@ def rows_of(examples, row_tokens: int, pad_id: int = 2) -> list[PackedRow]:
     builder = RowBuilder(row_tokens, pad_id)
     for ids, mask in examples:
         builder.add(ids, mask)
-    tokens, masks, starts = builder.finish(np.dtype(np.int64))
+    tokens, masks, starts, _ = builder.finish(np.dtype(np.int64))
     return [PackedRow(t, np.array(s, np.int32), m) for t, m, s in zip(tokens, masks, starts)]
 
 

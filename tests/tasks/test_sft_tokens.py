@@ -12,10 +12,10 @@ import pytest
 from tasks.chat_format import encode_dialogue
 from tasks.dialogues.ingest import ingest_dialogues
 from tasks.dialogues.readers import MessagesReader
-from tasks.sft_tokens import RowBuilder, pack_dialogues
+from tasks.sft_tokens import pack_dialogues
 from tasks.synthetic.instructions import make_instructions, tokenizer_texts, write_jsonl
 from tasks.tokenizer import train_tokenizer
-from tasks.tokens import TokenReader, document_ids
+from tasks.tokens import RowBuilder, TokenReader, document_ids
 
 SEQ_LEN = 63
 
@@ -100,13 +100,14 @@ def test_the_row_builder_packs_best_fit_decreasing_never_splitting_an_example():
     builder = RowBuilder(8, pad_id=2)
     for length in (3, 4, 2, 8, 1, 5):
         builder.add(list(range(10, 10 + length)), [True] * length)
-    tokens, masks, starts = builder.finish(np.dtype(np.uint16))
+    tokens, masks, starts, items = builder.finish(np.dtype(np.uint16))
     # 8 alone; 5 then 3 fill a row; 4, 2 and 1 share the last, with one token of padding.
     assert tokens.tolist() == [[10, 11, 12, 13, 14, 15, 16, 17], [10, 11, 12, 13, 14, 10, 11, 12],
                                [10, 11, 12, 13, 10, 11, 10, 2]]
     assert starts == [[0], [0, 5], [0, 4, 6, 7]]
+    assert items == [[3], [5, 0], [1, 2, 4]]
     assert masks.sum(axis=1).tolist() == [8, 8, 7]
-    with pytest.raises(ValueError, match="an example of 9 tokens does not fit a row of 8"):
+    with pytest.raises(ValueError, match="an item of 9 tokens does not fit a row of 8"):
         builder.add(list(range(9)), [True] * 9)
 
 
@@ -116,7 +117,7 @@ def test_best_fit_decreasing_fills_rows_as_densely_as_the_lengths_allow():
     builder = RowBuilder(257, pad_id=2)
     for length in lengths:
         builder.add([5] * length, [True] * length)
-    tokens, _, _ = builder.finish(np.dtype(np.uint16))
+    tokens = builder.finish(np.dtype(np.uint16)).tokens
     lower_bound = -(-sum(lengths) // 257)
     assert len(tokens) <= lower_bound + 1  # within a row of the fewest possible
     assert (tokens == 5).sum() == sum(lengths)  # every example whole, once
@@ -127,5 +128,5 @@ def test_the_chat_format_ids_are_what_gets_packed(tokenizer):
     example = encode_dialogue(tokenizer, dialogue["messages"])
     builder = RowBuilder(len(example.ids), pad_id=tokenizer.eos_id)
     builder.add(example.ids, example.loss_mask)
-    tokens, masks, _ = builder.finish(np.dtype(np.uint16))
+    tokens, masks, _, _ = builder.finish(np.dtype(np.uint16))
     assert tokens[0].tolist() == example.ids and masks[0].tolist() == example.loss_mask
