@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from modeling.generate import GREEDY, Sampling, generate
 from modeling.llama import IGNORE_INDEX, Llama
-from modeling.objectives import batch_of_rows
+from modeling.objectives import batch_of_rows, read_token_manifest
 from tasks.benchmarks import (
     MATH_STOP, QA_STOP, BadInput, Policy, RecordProblem, Task, cut_at_stop, exact_match, parse_number, report_problem,
 )
@@ -118,6 +118,10 @@ def token_stage_perplexity(model: Llama, stage_dir: str, *, max_rows: int | None
                            document_masking: bool = True) -> dict:
     """Perplexity over the rows of a finished token stage (all of them, or the first `max_rows`
     in the reader's seeded order), each row as one training sequence."""
+    vocab_size = read_token_manifest(stage_dir).get("vocab_size", 0)
+    if vocab_size > model.config.vocab_size:
+        raise ValueError(f"{stage_dir}: tokens of a {vocab_size}-token vocabulary do not fit the model's "
+                         f"{model.config.vocab_size}")
     reader = TokenReader(stage_dir, rank=0, world_size=1, seed=0)
     rows = iter(reader)
     remaining = reader.rows_per_epoch if max_rows is None else min(max_rows, reader.rows_per_epoch)
