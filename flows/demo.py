@@ -7,6 +7,8 @@ trains a (toy-sized) tokenizer, mixes the sources (`tasks/mixtures/demo.yaml`), 
 mixture into shuffled training rows and pretrains the debug-size model on them with Ray Train.
 Then it fine-tunes that model with the `sft` flow: synthetic instruction dialogues
 (`tasks/synthetic/instructions.py`) ingested, packed with the demo's tokenizer and trained on.
+Last, the `evaluate` flow scores the base model (each checkpoint of its run) and the chat model on
+the synthetic benchmarks with known answers (`tasks/synthetic/benchmarks.py`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from prefect import flow, task
 from pydantic import BaseModel, Field, field_validator
 
 from flows.curate import CurateConfig, curate
+from flows.evaluate import CheckpointSource, EvaluateConfig, evaluate
 from flows.ingest import IngestConfig, ingest
 from flows.mix import MixConfig, mix
 from flows.pretrain import pretrain
@@ -88,4 +91,7 @@ def demo(config: DemoConfig = DemoConfig()) -> dict[str, Any]:
           f"debug model loss {trained['first_loss']:.3f} -> {trained['final_loss']:.3f} in {trained['run_dir']}; "
           f"fine-tuned on instructions, loss {fine_tuned['first_loss']:.3f} -> {fine_tuned['final_loss']:.3f} "
           f"in {fine_tuned['run_dir']}")
+    # Last step: the base model at each checkpoint, then the chat model, on the synthetic benchmarks.
+    evaluate(EvaluateConfig(checkpoints=[CheckpointSource(path=trained["run_dir"], every_checkpoint=True),
+                                         fine_tuned["run_dir"]], seed=config.seed))
     return report
