@@ -300,7 +300,8 @@ def _generations(model, tokenizer, prompts, batch_size, max_new_tokens, stop, sa
     for start in range(0, len(prompts), batch_size):
         outputs = generate(model, prompts[start:start + batch_size], max_new_tokens=max_new_tokens,
                            sampling=sampling, stop_tokens=stop_tokens,
-                           seed=None if seed is None else seed + start, pad_token=tokenizer.eos_id)
+                           seed=None if seed is None else seed + start, pad_token=tokenizer.eos_id,
+                           vocab_size=tokenizer.vocab_size)
         texts.extend(cut_at_stop(tokenizer.decode(ids), stop) for ids in outputs)
     return texts
 

@@ -139,7 +139,7 @@ class LlamalineLM(TemplateLM):
                 prompts = [self.tok_encode(requests[i].args[0])[-room:] for i in batch]
                 outputs = generate(self.model, prompts, max_new_tokens=max_new, sampling=sampling,
                                    stop_tokens=[self.eot_token_id], seed=self.seed + start,
-                                   pad_token=self.eot_token_id)
+                                   pad_token=self.eot_token_id, vocab_size=self.tokenizer.vocab_size)
                 for i, ids in zip(batch, outputs):
                     results[i] = cut_at_stop(self.tokenizer.decode(ids), until)
                     self.cache_hook.add_partial("generate_until", requests[i].args, results[i])
