@@ -9,6 +9,8 @@ Then it fine-tunes that model with the `sft` flow: synthetic instruction dialogu
 (`tasks/synthetic/instructions.py`) ingested, packed with the demo's tokenizer and trained on, and
 trains a reward model from the chat model with the `reward` flow on synthetic comparisons whose
 better answer is known (`tasks/synthetic/comparisons.py`), evaluated on the held-out ones.
+Last, the `evaluate` flow scores the base model (each checkpoint of its run) and the chat model on
+the synthetic benchmarks with known answers (`tasks/synthetic/benchmarks.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from prefect import flow, task
 from pydantic import BaseModel, Field, field_validator
 
 from flows.curate import CurateConfig, curate
+from flows.evaluate import CheckpointSource, EvaluateConfig, evaluate
 from flows.ingest import IngestConfig, ingest
 from flows.mix import MixConfig, mix
 from flows.pretrain import pretrain
@@ -102,4 +105,7 @@ def demo(config: DemoConfig = DemoConfig()) -> dict[str, Any]:
           f"fine-tuned on instructions, loss {fine_tuned['first_loss']:.3f} -> {fine_tuned['final_loss']:.3f} "
           f"in {fine_tuned['run_dir']}; reward model held-out accuracy {reward_report['accuracy']:.3f} "
           f"({reward_report['pairs']} pairs) in {rewarded['run_dir']}")
+    # Last step: the base model at each checkpoint, then the chat model, on the synthetic benchmarks.
+    evaluate(EvaluateConfig(checkpoints=[CheckpointSource(path=trained["run_dir"], every_checkpoint=True),
+                                         fine_tuned["run_dir"]], seed=config.seed))
     return report

@@ -394,6 +394,63 @@ def _print_summary(summary: dict) -> None:
 
 
 @app.command()
+def evaluate(
+    checkpoint: Annotated[list[str] | None, typer.Option(
+        "--checkpoint", help="A run folder (its hf/ export), a Hugging Face or a Meta folder (repeatable; default: "
+                             "the demo's base run, every checkpoint, and its chat run)")] = None,
+    every_checkpoint: Annotated[bool, typer.Option(
+        help="With --checkpoint: of a run folder every checkpoint it kept, not only the export")] = False,
+    benchmark: Annotated[list[str] | None, typer.Option(
+        "--benchmark", help="A task folder or a synthetic task: colours, homes, doubles (repeatable; default: the "
+                            "synthetic ones)")] = None,
+    shots: Annotated[int | None, typer.Option(min=0, help="Train examples before each question (default 0)")] = None,
+    seed: Annotated[int | None, typer.Option(min=0, help="Seed of the few-shot examples and samples")] = None,
+    policy: Annotated[str | None, typer.Option(help="A bad record: refuse (default) or skip and list it")] = None,
+    token_stage: Annotated[str | None, typer.Option(help="A token stage to measure perplexity on")] = None,
+    document_stage: Annotated[str | None, typer.Option(help="A document stage to measure perplexity on")] = None,
+    config_file: Annotated[Path | None, typer.Option(
+        "--config", help="An EvaluateConfig as JSON or YAML; the options given change it")] = None,
+    print_config: Annotated[bool, typer.Option(help="Print the resulting config as JSON and exit")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every checkpoint's full report as JSON")] = False,
+) -> None:
+    """Score checkpoints on benchmarks and perplexity, plotted against training tokens (the `evaluate` flow).
+
+    Exit code 0: evaluated; 1: the run failed (a folder or task file it cannot use is named before
+    any model loads); 2: the config is invalid.
+    """
+    import yaml
+
+    from flows.evaluate import EvaluateConfig, score_columns
+
+    values = yaml.safe_load(config_file.read_text()) if config_file else {}
+    if checkpoint:
+        values["checkpoints"] = [{"path": _absolute(path), "every_checkpoint": every_checkpoint} for path in checkpoint]
+    given = {"benchmarks": benchmark, "shots": shots, "seed": seed, "policy": policy,
+             "token_stage": _absolute(token_stage) if token_stage else None,
+             "document_stage": _absolute(document_stage) if document_stage else None}
+    config = _config(EvaluateConfig, **(values | {key: value for key, value in given.items() if value is not None}))
+    if print_config:
+        print(config.model_dump_json(indent=2))
+        return
+    use_running_stack()
+    from flows.evaluate import evaluate as evaluate_flow
+
+    results = _run(evaluate_flow, config)
+    if as_json:
+        print(json.dumps(results, indent=2))
+        return
+    columns = list(score_columns(results[0]))
+    table = Table(title="evaluation")
+    for column in ("checkpoint", "training tokens", *columns):
+        table.add_column(column, **({"no_wrap": True} if column == "checkpoint" else {"justify": "right"}))
+    for result in results:
+        scores = score_columns(result)
+        table.add_row(result["checkpoint"], "-" if result["tokens"] is None else f"{result['tokens']:,}",
+                      *(f"{scores[column]:.4g}" for column in columns))
+    console.print(table)
+
+
+@app.command()
 def shards(
     stage_dir: Annotated[str, typer.Argument(help="Stage folder (path or URI) with a _manifest.json")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the full report as JSON")] = False,

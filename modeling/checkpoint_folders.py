@@ -4,6 +4,7 @@ A checkpoint is a folder `step-NNNNNNNN` of torch.distributed.checkpoint files (
 optimizer, sharded as trained) plus one JSON per rank (step, data position, RNG states and the
 sha256 of the files that rank wrote). A folder being written is `step-NNNNNNNN.tmp`, renamed into
 place when complete; resuming takes the newest folder whose files are all present and intact.
+Evaluation reads only the model's part of a checkpoint (`load_model_weights`).
 """
 
 from __future__ import annotations
@@ -11,18 +12,19 @@ from __future__ import annotations
 import json
 import random
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed.checkpoint as dcp
 
 from tasks.storage import resolve, sha256_of
 
 CHECKPOINT_NAME = re.compile(r"^step-(\d{8})$")
 TEMPORARY_SUFFIX = ".tmp"
 DCP_METADATA = ".metadata"
-
 
 
 def checkpoint_steps(folder: str | Path) -> list[int]:
@@ -75,6 +77,17 @@ def checkpoint_problem(folder: str | Path, rank: int, world_size: int) -> str | 
         if sha256_file(path) != expected:
             return f"{name} does not match its sha256 (corrupt)"
     return None
+
+
+def load_model_weights(folder: str | Path, model: torch.nn.Module) -> None:
+    """The model's weights of a checkpoint folder, whatever world size wrote it, into `model` (a
+    module of the run's shape); the optimizer's states, twice the weights' size, are not read."""
+    state = {"model": model.state_dict()}
+    with warnings.catch_warnings():
+        # Outside a process group DCP reads in this one process, which is what evaluation wants.
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load(state, checkpoint_id=str(folder))
+    model.load_state_dict(state["model"])
 
 
 def rng_state() -> dict[str, Any]:

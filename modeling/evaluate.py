@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from modeling.generate import GREEDY, Sampling, generate
 from modeling.llama import IGNORE_INDEX, Llama
-from modeling.objectives import batch_of_rows
+from modeling.objectives import batch_of_rows, read_token_manifest
 from tasks.benchmarks import (
     MATH_STOP, QA_STOP, BadInput, Policy, RecordProblem, Task, cut_at_stop, exact_match, parse_number, report_problem,
 )
@@ -59,33 +59,50 @@ class ScoredSpan:
 def score_spans(model: Llama, spans: Sequence[tuple[Sequence[int], int]], batch_size: int = 16) -> list[ScoredSpan]:
     """For each (tokens, n): the last n tokens scored, tokens[:-1] the model's input.
 
-    Inputs are batched longest first and right-padded: under causal attention padding after a
-    row's tokens changes nothing before them.
+    Under causal attention a position's logits depend only on the tokens up to it, so a span whose
+    input is another's, or a prefix of it, is read from that one's forward: one forward per input
+    no other extends (the one-token choices of a question share their prompt's; lm-eval's hf model
+    shares identical inputs likewise). Those inputs are batched longest first and right-padded:
+    padding after a row's tokens changes nothing before them.
     """
     limit = model.config.max_seq_len
     for tokens, n in spans:
         if not 1 <= n < len(tokens) or len(tokens) - 1 > limit:
             raise ValueError(f"a span of {len(tokens)} tokens scoring {n} does not fit a {limit}-token context")
     device = model.tok_embeddings.weight.device
-    order = sorted(range(len(spans)), key=lambda i: -len(spans[i][0]))
+    hosted = defaultdict(list)  # a forward's input -> the spans read from it
+    host = hosts_of_inputs({tuple(tokens[:-1]) for tokens, _ in spans})
+    for i, (tokens, _) in enumerate(spans):
+        hosted[host[tuple(tokens[:-1])]].append(i)
+    forwards = sorted(hosted, key=len, reverse=True)
     scored: list[ScoredSpan | None] = [None] * len(spans)
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        width = len(spans[batch[0]][0]) - 1
-        inputs = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            tokens = spans[i][0]
-            inputs[row, :len(tokens) - 1] = torch.tensor(tokens[:-1])
+    for start in range(0, len(forwards), batch_size):
+        batch = forwards[start:start + batch_size]
+        inputs = torch.zeros((len(batch), len(batch[0])), dtype=torch.long)
+        for row, forward_input in enumerate(batch):
+            inputs[row, :len(forward_input)] = torch.tensor(forward_input)
         logits = model(inputs.to(device)).logits
-        for row, i in enumerate(batch):
-            tokens, n = spans[i]
-            targets = torch.tensor(tokens[len(tokens) - n:], device=device)
-            # Only the scored positions go through log_softmax: (n, V), not (T, V) per row.
-            row_logits = logits[row, len(tokens) - 1 - n:len(tokens) - 1].float()
-            logprobs = row_logits.log_softmax(-1).gather(-1, targets[:, None])[:, 0]
-            greedy = row_logits.argmax(-1) == targets
-            scored[i] = ScoredSpan(logprobs.double().cpu().numpy(), greedy.cpu().numpy())
+        for row, forward_input in enumerate(batch):
+            for i in hosted[forward_input]:
+                tokens, n = spans[i]
+                targets = torch.tensor(tokens[len(tokens) - n:], device=device)
+                # Only the scored positions go through log_softmax: (n, V), not (T, V) per row.
+                row_logits = logits[row, len(tokens) - 1 - n:len(tokens) - 1].float()
+                logprobs = row_logits.log_softmax(-1).gather(-1, targets[:, None])[:, 0]
+                greedy = row_logits.argmax(-1) == targets
+                scored[i] = ScoredSpan(logprobs.double().cpu().numpy(), greedy.cpu().numpy())
     return scored
+
+
+def hosts_of_inputs(inputs: Iterable[tuple[int, ...]]) -> dict[tuple[int, ...], tuple[int, ...]]:
+    """Each input's host: itself, or an input that extends it and that no other input extends."""
+    ordered = sorted(inputs)
+    host: dict[tuple[int, ...], tuple[int, ...]] = {}
+    # In sorted order the inputs extending one come right after it, so the next input extends it or none does.
+    for current, following in zip(reversed(ordered), [None, *reversed(ordered)]):
+        extended = following is not None and following[:len(current)] == current
+        host[current] = host[following] if extended else current
+    return host
 
 
 # ---------------------------------------------------------------------------------- perplexity
@@ -118,6 +135,10 @@ def token_stage_perplexity(model: Llama, stage_dir: str, *, max_rows: int | None
                            document_masking: bool = True) -> dict:
     """Perplexity over the rows of a finished token stage (all of them, or the first `max_rows`
     in the reader's seeded order), each row as one training sequence."""
+    vocab_size = read_token_manifest(stage_dir).get("vocab_size", 0)
+    if vocab_size > model.config.vocab_size:
+        raise ValueError(f"{stage_dir}: tokens of a {vocab_size}-token vocabulary do not fit the model's "
+                         f"{model.config.vocab_size}")
     reader = TokenReader(stage_dir, rank=0, world_size=1, seed=0)
     rows = iter(reader)
     remaining = reader.rows_per_epoch if max_rows is None else min(max_rows, reader.rows_per_epoch)
@@ -279,7 +300,8 @@ def _generations(model, tokenizer, prompts, batch_size, max_new_tokens, stop, sa
     for start in range(0, len(prompts), batch_size):
         outputs = generate(model, prompts[start:start + batch_size], max_new_tokens=max_new_tokens,
                            sampling=sampling, stop_tokens=stop_tokens,
-                           seed=None if seed is None else seed + start, pad_token=tokenizer.eos_id)
+                           seed=None if seed is None else seed + start, pad_token=tokenizer.eos_id,
+                           vocab_size=tokenizer.vocab_size)
         texts.extend(cut_at_stop(tokenizer.decode(ids), stop) for ids in outputs)
     return texts
 

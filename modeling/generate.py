@@ -89,11 +89,15 @@ def generate(
     stop_tokens: Iterable[int] = (),
     seed: int | None = None,
     pad_token: int = 0,
+    vocab_size: int | None = None,
 ) -> list[list[int]]:
     """New tokens for each prompt; a row ends after its first stop token (kept) or max_new_tokens.
 
     seed: drawn through a torch.Generator of its own, so sampling is reproducible and leaves the
     global RNG alone (None: nondeterministic). pad_token only fills the left padding, never seen.
+    vocab_size: only ids below it are drawn, for a model whose output layer is wider than its
+    tokenizer's vocabulary (the demo's 32k head on a 400-piece tokenizer): an id past the
+    tokenizer's is no text at all. None: the model's whole vocabulary.
     """
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt, and every prompt at least one token")
@@ -130,7 +134,7 @@ def generate(
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     next_position = torch.tensor([len(p) for p in prompts], device=device)  # (B,)
     for step in range(max_new_tokens):
-        token = next_tokens(logits, sampling, generator).masked_fill(finished, pad_token)
+        token = next_tokens(logits[:, :vocab_size], sampling, generator).masked_fill(finished, pad_token)
         out[:, step] = token
         finished |= torch.isin(token, stop)
         if step == max_new_tokens - 1 or bool(finished.all()):

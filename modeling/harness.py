@@ -37,10 +37,9 @@ from lm_eval import utils as lm_eval_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import model_registry, register_model
 
-from modeling.checkpoints import load_hf, load_meta
 from modeling.evaluate import score_spans
 from modeling.generate import GREEDY, Sampling, generate
-from modeling.llama import Llama
+from modeling.model_folders import load_model
 from modeling.sft import base_model_folder
 from tasks.benchmarks import cut_at_stop
 from tasks.tokenizer import MODEL_FILE, Tokenizer
@@ -51,23 +50,6 @@ importlib.import_module("lm_eval.models")
 
 ENTRY_POINT_GROUP = "lm_eval.models"
 DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default for generate_until tasks that set none
-
-
-def load_model(checkpoint: str | Path, *, max_seq_len: int | None = None, dtype: torch.dtype | None = None,
-               device: str | torch.device = "cpu") -> Llama:
-    """A Hugging Face, Meta or run folder's model, in eval mode."""
-    folder = base_model_folder(str(checkpoint))
-    if (folder / "params.json").is_file():
-        if max_seq_len is None:
-            raise ValueError(f"{folder}: a Meta checkpoint does not record its context length; pass max_seq_len "
-                             f"(2048 for LLaMA 1, 4096 for Llama 2)")
-        model = load_meta(folder, max_seq_len=max_seq_len, dtype=dtype, device=device)
-    else:
-        model = load_hf(folder, dtype=dtype, device=device)
-        if max_seq_len is not None and max_seq_len != model.config.max_seq_len:
-            raise ValueError(f"{folder}: its config.json says max_seq_len {model.config.max_seq_len}, "
-                             f"not {max_seq_len}")
-    return model.eval()
 
 
 @register_model("llamaline")
@@ -157,7 +139,7 @@ class LlamalineLM(TemplateLM):
                 prompts = [self.tok_encode(requests[i].args[0])[-room:] for i in batch]
                 outputs = generate(self.model, prompts, max_new_tokens=max_new, sampling=sampling,
                                    stop_tokens=[self.eot_token_id], seed=self.seed + start,
-                                   pad_token=self.eot_token_id)
+                                   pad_token=self.eot_token_id, vocab_size=self.tokenizer.vocab_size)
                 for i, ids in zip(batch, outputs):
                     results[i] = cut_at_stop(self.tokenizer.decode(ids), until)
                     self.cache_hook.add_partial("generate_until", requests[i].args, results[i])

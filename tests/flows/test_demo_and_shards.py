@@ -9,11 +9,14 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey, FlowRunFilter, FlowRunFilterId
 
 from flows.demo import DemoConfig, demo
 from flows.shards import ShardsConfig, StageInvalid, shards
+from modeling.checkpoints import load_hf
+from modeling.model_folders import folder_checkpoints
 from modeling.ray_job import read_metrics
 from modeling.reward import debug_run as reward_debug_run
 
@@ -148,3 +151,17 @@ def test_demo_trains_a_reward_model_from_its_chat_model_and_evaluates_it(demo_ru
     held_out = json.loads((root / "demo" / "reward-tokens-test-synthetic" / "_manifest.json").read_text())
     assert report["pairs"] == held_out["sources"]["synthetic"]["pairs_packed"] > 0
     assert sum(r["pairs"] for r in report["by_rating"].values()) == report["pairs"]
+
+
+def test_demo_evaluates_its_base_model_at_each_checkpoint_and_its_chat_model(demo_run):
+    _, _, root = demo_run
+    tables = [json.loads(a.data) for a in _artifacts(["evaluation-scores"])]
+    (table,) = [t for t in tables if [row["checkpoint"] for row in t] == ["demo step 30", "demo step 40", "demo-sft"]]
+    chat = json.loads((root / "demo" / "runs" / "demo-sft" / "summary.json").read_text())
+    assert [row["training_tokens"] for row in table] == [30 * 1024, 40 * 1024, chat["tokens"]]  # steps x 8 rows of 128
+    for row in table:
+        assert 0 <= row["colours acc"] <= 1 and 0 <= row["homes exact_match"] <= 1 and 0 <= row["doubles maj_at_k"] <= 1
+    # Two workers wrote the base run's last checkpoint: read whole, it is the exported model.
+    last = folder_checkpoints(str(root / "demo" / "runs" / "demo"), every_checkpoint=True)[-1]
+    exported = load_hf(root / "demo" / "runs" / "demo" / "hf").state_dict()
+    assert all(torch.equal(tensor, exported[name]) for name, tensor in last.load()[0].state_dict().items())

@@ -17,7 +17,7 @@ from tests.tasks.test_stage import make_spec, make_units
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["up"], ["status"], ["down"], ["demo"], ["shards"], ["ingest"], ["curate"], ["train-quality-model"], ["train-tokenizer"], ["tokenize"], ["mix"], ["pretrain"], ["sft"], ["reward"]])
+@pytest.mark.parametrize("command", [[], ["up"], ["status"], ["down"], ["demo"], ["shards"], ["ingest"], ["curate"], ["train-quality-model"], ["train-tokenizer"], ["tokenize"], ["mix"], ["pretrain"], ["sft"], ["reward"], ["evaluate"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -99,6 +99,22 @@ def test_reward_builds_its_flow_config_from_roles_a_preset_and_sets_and_refuses_
     assert runner.invoke(app, ["reward", "--set", "margins=huge"]).exit_code == 2
 
 
+def test_evaluate_builds_its_config_from_options_over_a_file_and_refuses_a_bad_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump({"benchmarks": ["colours"], "shots": 3, "token_rows": 8}))
+    shown = runner.invoke(app, ["evaluate", "--config", "base.yaml", "--checkpoint", "runs/demo", "--checkpoint",
+                                "hf/random", "--every-checkpoint", "--shots", "1", "--token-stage", "tokens",
+                                "--print-config"])
+    assert shown.exit_code == 0, shown.output
+    config = json.loads(shown.output)
+    assert [(c["path"], c["every_checkpoint"]) for c in config["checkpoints"]] == [
+        (str(tmp_path / "runs" / "demo"), True), (str(tmp_path / "hf" / "random"), True)]
+    assert (config["benchmarks"], config["shots"], config["token_rows"]) == (["colours"], 1, 8)
+    assert config["token_stage"] == str(tmp_path / "tokens")
+    refused = runner.invoke(app, ["evaluate", "--policy", "ignore"])
+    assert refused.exit_code == 2 and "'refuse' or 'skip'" in refused.output
+
+
 def llamaline(*args: str) -> subprocess.CompletedProcess:
     """The installed console script, on the session's Prefect API and Ray (no servers of its own)."""
     import ray
@@ -107,6 +123,12 @@ def llamaline(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     script = Path(sys.executable).parent / "llamaline"
     return subprocess.run([str(script), *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_evaluate_exits_1_naming_a_folder_it_cannot_read(tmp_path, prefect_api, ray_local):
+    result = llamaline("evaluate", "--checkpoint", str(tmp_path / "gone"))
+    assert result.returncode == 1
+    assert f"{tmp_path / 'gone'}: no such folder" in " ".join(result.stdout.split())
 
 
 def test_shards_command_exit_codes(tmp_path, prefect_api, ray_local):

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from modeling.configs import ModelConfig
-from modeling.evaluate import document_perplexity, evaluate_task, rolling_windows, token_stage_perplexity
+from modeling.evaluate import document_perplexity, evaluate_task, rolling_windows, score_spans, token_stage_perplexity
 from modeling.objectives import batch_of_rows
 from modeling.pretrain import PretrainConfig
 from modeling.train import Trainer
@@ -79,6 +79,22 @@ def test_rolling_windows_score_every_token_once_with_the_context_they_promise(n_
     assert scored == list(range(1, n_tokens))
     with pytest.raises(ValueError, match="stride"):
         rolling_windows(n_tokens, context, context + 1)
+
+
+def test_spans_read_from_a_shared_forward_score_as_each_alone():
+    model = random_model(tiny_config(max_seq_len=32))
+    prompt = [1, 5, 9, 13, 2]
+    # One-token answers share the prompt's forward; a longer answer's forward serves its prefixes.
+    spans = [(prompt + [7], 1), (prompt + [8], 1), (prompt + [7, 3, 4], 3), (prompt + [7, 3], 2), ([1, 6, 6], 2),
+             (prompt + [7], 1)]
+    rows = []
+    model.register_forward_hook(lambda module, args, output: rows.append(len(args[0])))
+    together = score_spans(model, spans, batch_size=1)
+    assert rows == [1, 1]  # forwards of prompt + [7, 3] and of [1, 6]
+    for span, got in zip(spans, together):
+        (alone,) = score_spans(model, [span])
+        np.testing.assert_allclose(got.logprobs, alone.logprobs, rtol=1e-5, atol=1e-6)
+        assert (got.greedy == alone.greedy).all() and len(got.logprobs) == span[1]
 
 
 def write_documents(folder, texts_by_source):

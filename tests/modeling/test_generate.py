@@ -78,6 +78,16 @@ def test_sampling_is_reproducible_with_a_seed():
     assert generate(model, PROMPTS, max_new_tokens=16, sampling=sampling, seed=2) != first
 
 
+def test_a_head_wider_than_the_tokenizer_never_draws_past_its_vocabulary():
+    model = random_model(tiny_config())  # 96 logits; say the tokenizer has 40 pieces
+    unlimited = generate(model, PROMPTS, max_new_tokens=16, sampling=Sampling(temperature=2.0), seed=1)
+    assert max(max(row) for row in unlimited) >= 40
+    for sampling in (GREEDY, Sampling(temperature=2.0)):
+        drawn = generate(model, PROMPTS, max_new_tokens=16, sampling=sampling, seed=1, vocab_size=40)
+        assert max(max(row) for row in drawn) < 40
+    assert generate(model, PROMPTS, max_new_tokens=8, vocab_size=96) == generate(model, PROMPTS, max_new_tokens=8)
+
+
 def test_top_k_of_one_and_a_tiny_top_p_are_greedy():
     model = random_model(tiny_config())
     greedy = generate(model, PROMPTS, max_new_tokens=8)

@@ -118,7 +118,7 @@ def test_the_model_is_registered_by_name_and_advertised_as_an_entry_point():
 
 def test_a_meta_checkpoint_needs_its_context_length(tmp_path):
     from modeling.checkpoints import save_meta
-    from modeling.harness import load_model
+    from modeling.model_folders import load_model
 
     folder = save_meta(random_model(tiny_config()), tmp_path / "meta")
     with pytest.raises(ValueError, match="max_seq_len"):
