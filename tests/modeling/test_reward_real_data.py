@@ -46,9 +46,9 @@ def test_real_hh_pairs_train_and_evaluate(tmp_path, ray_local, hh_harmless, one_
     assert held_out_pairs > 50
 
     config = RewardConfig(run_name="hh", output=str(tmp_path / "runs"), data=stages["train"]["stage_dir"],
-                          model=tiny_config(vocab_size=1000, max_seq_len=SEQ_LEN + 1), epochs=2, seq_len=SEQ_LEN,
+                          model=tiny_config(vocab_size=1000, max_seq_len=SEQ_LEN + 1), epochs=1, seq_len=SEQ_LEN,
                           global_batch_tokens=16 * SEQ_LEN, micro_batch_rows=16, margins="none", export_hf=False,
-                          optimizer={"lr": 2e-3, "weight_decay": 0.0}, schedule={"warmup_steps": 5})
+                          optimizer={"lr": 3e-3, "weight_decay": 0.0}, schedule={"warmup_steps": 5})
     trainer = Trainer(config)
     history = trainer.train()
     report = accuracy_report(score_pair_stage(trainer.model, stages["test"]["stage_dir"]))
