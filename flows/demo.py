@@ -92,12 +92,10 @@ def demo(config: DemoConfig = DemoConfig()) -> dict[str, Any]:
                                init=trained["run_dir"], seed=config.seed),
     ))
     comparisons = generate_inputs("comparisons", root.join("raw", "comparisons").uri, config.seed)
-    # The demo tokenizer's small vocabulary makes long sides: rows of 256 tokens give each 128.
     rewarded = reward(RewardFlowConfig(
         inputs=comparisons, source="synthetic", tokenizer=f"{tokenizer}/tokenizer.model", pack_seed=config.seed,
         training=reward_debug_run(run_name="demo-reward", data=root.join("reward-tokens").uri,
-                                  output=root.join("runs").uri, init=fine_tuned["run_dir"], seq_len=255,
-                                  seed=config.seed),
+                                  output=root.join("runs").uri, init=fine_tuned["run_dir"], seed=config.seed),
     ))
     reward_report = rewarded["evaluation"]["synthetic"]
     print(f"demo: {sum(s['kept'] for s in report['by_source'].values())} curated documents in {report['stage_dir']}; "

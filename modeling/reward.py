@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 from modeling.checkpoints import config_from_hf, from_hf_state_dict, read_hf_weights, save_hf
@@ -244,8 +244,20 @@ class RewardConfig(FineTuningConfig):
     hf_pad_token_id: int = Field(HF_UNK_ID, ge=0, description="pad_token_id of the HF export, which transformers "
                                                               "reads the score before; never EOS (see save_reward_hf)")
     pairs_per_step: int | None = Field(None, ge=1, description="The step's pairs on average (Llama 2: 512), "
-                                                               "resolved to rows against the packed stage; None: "
-                                                               "global_batch_tokens / seq_len rows")
+                                                               "resolved to global_batch_tokens against the packed "
+                                                               "stage; None: global_batch_tokens as given")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _placeholder_batch(cls, values: Any) -> Any:
+        """With pairs_per_step the step's rows come from the packed stage; until then (or where a
+        seq_len change left global_batch_tokens off its rows) the batch is one pair a row."""
+        if isinstance(values, dict) and values.get("pairs_per_step") is not None:
+            seq_len = values.get("seq_len", cls.model_fields["seq_len"].default)
+            tokens = values.get("global_batch_tokens")
+            if tokens is None or tokens % seq_len:
+                values = {**values, "global_batch_tokens": values["pairs_per_step"] * seq_len}
+        return values
 
     def rows_for_pairs(self, manifest: dict[str, Any]) -> int:
         """Rows a step that hold `pairs_per_step` pairs at the stage's mean pairs per row."""
@@ -349,14 +361,15 @@ def load_reward_hf(folder: str | Path, *, dtype: torch.dtype | None = None,
 
 
 def debug_run(**overrides: Any) -> RewardConfig:
-    """The `debug` size from `make demo`'s chat model on what it packs, in a minute on 2 CPU workers:
+    """The `debug` size from `make demo`'s chat model on what it packs (rows of 256 tokens: the demo
+    tokenizer's small vocabulary makes long sides), in a minute on 2 CPU workers:
     the paper's schedule (cosine to 10% after a warmup of 3% of the steps, at least 5) and margins,
     but 32 pairs a step for 2 epochs at the debug size's lr, so that a demo's few hundred
     comparisons make enough steps to learn from (the paper's 512 pairs, one epoch, would be 1 step)."""
     settings: dict[str, Any] = dict(
         run_name="reward-debug", model="debug", data=f"{default_data_root()}/demo/reward-tokens",
-        init=f"{default_data_root()}/runs/sft-debug", epochs=2, seq_len=127, pairs_per_step=32,
-        global_batch_tokens=32 * 127, micro_batch_rows=4, optimizer={"lr": 1e-3}, schedule={"warmup_steps": 5, "warmup_share": 0.03},
+        init=f"{default_data_root()}/demo/runs/demo-sft", epochs=2, seq_len=255, pairs_per_step=32, micro_batch_rows=4,
+        optimizer={"lr": 1e-3}, schedule={"warmup_steps": 5, "warmup_share": 0.03},
         checkpoint={"interval_steps": 10, "keep_last": 2}, scaling={"num_workers": 2, "cpus_per_worker": 0.5},
     )
     return RewardConfig.model_validate(settings | overrides)
@@ -368,7 +381,7 @@ def _llama2_run(size: str, lr: float, workers: int, micro_batch_rows: int, **ove
     step, in the rows that hold them (see RewardConfig; 512 rows until resolved)."""
     settings: dict[str, Any] = dict(
         run_name=f"llama2-{size}-reward", model=f"llama2-{size}", init=f"{default_data_root()}/runs/llama2-{size}-chat-sft",
-        epochs=1, seq_len=4095, pairs_per_step=512, global_batch_tokens=512 * 4095, micro_batch_rows=micro_batch_rows,
+        epochs=1, seq_len=4095, pairs_per_step=512, micro_batch_rows=micro_batch_rows,
         optimizer={"lr": lr}, schedule={"warmup_steps": 5, "warmup_share": 0.03},
         parallelism={"activation_checkpointing": "all", "mixed_precision": "bf16"},
         checkpoint={"interval_steps": 100, "keep_last": 2},

@@ -126,7 +126,7 @@ def test_demo_fine_tunes_its_pretrained_model_on_instruction_dialogues(demo_run)
     run_dir = root / "demo" / "runs" / "demo-sft"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["kind"] == "sft"
-    step_rows = reward_debug_run(seq_len=255).rows_for_pairs(packed)  # the rows of 32 pairs
+    step_rows = reward_debug_run().rows_for_pairs(packed)  # the rows of 32 pairs
     assert summary["steps"] == summary["total_steps"] == math.ceil(2 * packed["rows"] / step_rows)  # 2 epochs
     losses = [e["loss"] for e in read_metrics(run_dir) if "event" not in e]
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0  # the answers are learnt
@@ -144,7 +144,7 @@ def test_demo_trains_a_reward_model_from_its_chat_model_and_evaluates_it(demo_ru
     run_dir = root / "demo" / "runs" / "demo-reward"
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["kind"] == "reward"
-    step_rows = reward_debug_run(seq_len=255).rows_for_pairs(packed)  # the rows of 32 pairs
+    step_rows = reward_debug_run().rows_for_pairs(packed)  # the rows of 32 pairs
     assert summary["steps"] == summary["total_steps"] == math.ceil(2 * packed["rows"] / step_rows)  # 2 epochs
     assert (run_dir / "hf" / "config.json").exists()
     report = json.loads((run_dir / "reward_eval.json").read_text())["synthetic"]
