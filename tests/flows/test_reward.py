@@ -1,5 +1,5 @@
 """The reward flow on a real Prefect API and a real local Ray Train: Llama 2's helpfulness mixture
-of synthetic rated comparisons and the real Anthropic HH harmless pairs, ingested with bad records
+of synthetic rated comparisons and synthetic pairs in Anthropic HH's form (unrated), ingested with bad records
 quarantined, mixed with the recipe's share realised exactly, packed, trained, evaluated per test set
 and rating, and a killed worker resumed exactly through the flow."""
 
@@ -29,8 +29,21 @@ from tests.flows.test_pretrain import losses
 
 SEQ_LEN = 127
 COMPARISONS = 400
+HH_PAIRS = 600  # enough for the helpfulness mixture's sample, as many as its whole share
 TINY_MODEL = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 600, "multiple_of": 32,
               "max_seq_len": 128}
+
+
+def hh_transcript(context, answer: str) -> str:
+    turns = [("Human" if m["role"] == "user" else "Assistant", m["content"]) for m in context if m["role"] != "system"]
+    return "".join(f"\n\n{speaker}: {text}" for speaker, text in [*turns, ("Assistant", answer)])
+
+
+def write_hh_pairs(path, records) -> None:
+    """Comparisons as Anthropic HH writes them: two transcripts, no rating, no split."""
+    with gzip.open(path, "wt") as f:
+        f.writelines(json.dumps({"chosen": hh_transcript(r["context"], r["chosen"]),
+                                 "rejected": hh_transcript(r["context"], r["rejected"])}) + "\n" for r in records)
 
 
 def flow_config(root, hh_file, run_name: str) -> RewardFlowConfig:
@@ -45,7 +58,15 @@ def flow_config(root, hh_file, run_name: str) -> RewardFlowConfig:
 
 
 @pytest.fixture(scope="module")
-def helpful_run(tmp_path_factory, prefect_api, ray_local, hh_harmless):
+def hh_pairs(tmp_path_factory):
+    """HH-form pairs made from synthetic comparisons (the real file is tests/modeling/test_reward_real_data.py's)."""
+    path = tmp_path_factory.mktemp("hh") / "harmless.jsonl.gz"
+    write_hh_pairs(path, make_comparisons(HH_PAIRS, seed=9))
+    return path
+
+
+@pytest.fixture(scope="module")
+def helpful_run(tmp_path_factory, prefect_api, ray_local, hh_pairs):
     root = tmp_path_factory.mktemp("reward")
     train_tokenizer(tokenizer_texts(600), root / "tokenizer", vocab_size=600)
     records = make_comparisons(COMPARISONS, seed=2)
@@ -53,7 +74,7 @@ def helpful_run(tmp_path_factory, prefect_api, ray_local, hh_harmless):
            dict(records[2], id="empty", chosen="  ")]
     (root / "raw").mkdir()
     (root / "raw" / "rated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records + bad))
-    config = flow_config(root, hh_harmless, "helpful")
+    config = flow_config(root, hh_pairs, "helpful")
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
         state = reward(config, return_state=True)
@@ -66,16 +87,14 @@ def read_json(path) -> dict:
         return json.load(f)
 
 
-def test_the_flow_ingests_mixes_packs_trains_and_evaluates_a_helpfulness_model(helpful_run, hh_harmless):
+def test_the_flow_ingests_mixes_packs_trains_and_evaluates_a_helpfulness_model(helpful_run, hh_pairs):
     config, summary, flow_run_id = helpful_run
     root = config.data_root
     rated = read_json(f"{root}/comparisons-helpfulness/_manifest.json")["totals"]["by_source"]["helpfulness"]
     assert (rated["docs_in"], rated["kept"], rated["quarantined"]) == (COMPARISONS + 3, COMPARISONS, 3)
     assert rated["quarantined_reasons"] == {"same_answers": 1, "unknown_rating": 1, "empty_answer": 1}
-    with gzip.open(hh_harmless, "rt") as f:
-        hh_pairs = sum(1 for line in f if line.strip())
     harmless = read_json(f"{root}/comparisons-open_harmless/_manifest.json")["totals"]["by_source"]["open_harmless"]
-    assert harmless["docs_in"] == hh_pairs == harmless["kept"] + harmless["quarantined"]
+    assert harmless["docs_in"] == HH_PAIRS == harmless["kept"] + harmless["quarantined"]
 
     # The recipe: every helpfulness comparison of the train split and as many sampled from the rest.
     plan = read_json(f"{root}/reward_mix-helpfulness/_mixture.json")
@@ -101,15 +120,16 @@ def test_the_flow_ingests_mixes_packs_trains_and_evaluates_a_helpfulness_model(h
     assert abs(sum(e["loss_tokens"] for e in steps) / len(steps) - step_rows * per_row) < per_row  # pairs a step
 
     evaluation = summary["evaluation"]
-    assert set(evaluation) <= {"helpfulness", "open_harmless"} and "helpfulness" in evaluation
+    assert set(evaluation) == {"helpfulness", "open_harmless"}  # each role's held-out pairs, a test set
     held_out = read_json(f"{root}/reward-tokens-test-helpfulness/_manifest.json")
     report = evaluation["helpfulness"]
     assert report["pairs"] == held_out["sources"]["helpfulness"]["pairs_packed"] == COMPARISONS - whole
     assert sum(r["pairs"] for r in report["by_rating"].values()) == report["pairs"]
     assert set(report["by_rating"]) <= {"significantly_better", "better", "slightly_better"}
     assert 0 <= report["accuracy"] <= 1
-    if "open_harmless" in evaluation:
-        assert set(evaluation["open_harmless"]["by_rating"]) == {"unrated"}
+    harmless_held_out = read_json(f"{root}/reward-tokens-test-open_harmless/_manifest.json")
+    assert evaluation["open_harmless"]["pairs"] == harmless_held_out["sources"]["open_harmless"]["pairs_packed"] > 0
+    assert set(evaluation["open_harmless"]["by_rating"]) == {"unrated"}  # HH pairs carry no rating
     assert read_json(config.run_config().run_dir / REPORT_FILE) == evaluation
     hf = json.loads((config.run_config().run_dir / "hf" / "tokenizer_config.json").read_text())
     assert hf["pad_token"] == "<unk>"
@@ -130,7 +150,7 @@ def test_the_flow_ingests_mixes_packs_trains_and_evaluates_a_helpfulness_model(h
     assert "# Reward model helpful" in by_key["reward-evaluation"].data
 
 
-def test_a_killed_worker_resumes_through_the_flow_with_the_same_losses(helpful_run, hh_harmless, monkeypatch):
+def test_a_killed_worker_resumes_through_the_flow_with_the_same_losses(helpful_run, monkeypatch):
     config, summary, _ = helpful_run
     killed = config.model_copy(update={"training": config.training.model_copy(update={"run_name": "killed"})})
     monkeypatch.setenv(FAULT_ENV, "1:6")  # rank 1 SIGKILLs itself after step 6; checkpoints every 4 steps
