@@ -5,13 +5,14 @@ Each prompt (`tasks.dialogues.prompts`: a dialogue ending with a user turn) is e
 greedily by default or by seeded sampling, until EOS or `max_new_tokens`. Every reward model
 given by name (say "helpfulness" and "safety") scores each answer as it was trained to: the chat
 encoding of the whole dialogue with the answer as its last turn (`encode_dialogue`), the reward
-read at the answer's closing EOS. The report gives each reward model's mean reward; `win_rate`
+read at the answer's closing EOS. The answer is scored as text, decoded and encoded again within
+the dialogue, as the reward model's training answers were encoded. The report gives each reward model's mean reward; `win_rate`
 compares two models' answers prompt by prompt, the share where the first gets the higher reward,
-ties counted half (Llama 2 counts ties half in its win rates too).
+ties counted half (so a model against itself, or a reward model that cannot tell, gives 0.5).
 
-A reward model reads the chat model's token ids, so it must share its vocabulary: a reward model
+A reward model reads the chat model's token ids, so it must share its tokenizer: a reward model
 whose embedding table differs in size from the chat model's is refused before anything is
-generated. A prompt that leaves no room for `max_new_tokens` and the answer's EOS within the chat
+generated (the sizes are what the weights tell; two tokenizers of one size are not told apart). A prompt that leaves no room for `max_new_tokens` and the answer's EOS within the chat
 model's or a reward model's context is a problem with its file and line, refused or skipped by
 `policy` as benchmark records are.
 """
