@@ -1,15 +1,18 @@
-"""`evaluate`: benchmarks and perplexity of checkpoints, across a run's training, in the Prefect UI.
+"""`evaluate`: benchmarks, perplexity and chat metrics of checkpoints, across a run's training, in the Prefect UI.
 
 The flow takes checkpoints (`modeling.model_folders`: a run folder's final `hf/` export or every
 checkpoint it kept, a Hugging Face or a Meta folder), benchmarks (`tasks.benchmarks` task
 folders, or the synthetic tasks with known answers by name: `tasks.synthetic.benchmarks`) and,
-optionally, a token stage and a document stage to measure perplexity on (`modeling.evaluate`).
+optionally, a token stage and a document stage to measure perplexity on (`modeling.evaluate`)
+and a prompt set for each checkpoint to answer, judged by reward models (`modeling.chat_eval`).
 It checks all of it first (`plan`: a missing folder, an unknown task, a bad task file, too few
-train records for the shots, is refused by its path before any model is loaded), evaluates each
-checkpoint in this process (on the GPU when there is one), and publishes a table with one row per
-checkpoint (`evaluation-scores`: a column per benchmark metric and perplexity) and each benchmark
-plotted against the training tokens the checkpoint had seen, one line per run, as in the LLaMA
-paper's figure (`evaluation-summary`).
+train records for the shots, a bad prompt record, a reward model folder that is not one, is
+refused by its path before any model is loaded), evaluates each checkpoint in this process (on
+the GPU when there is one), and publishes a table with one row per checkpoint
+(`evaluation-scores`: a column per benchmark metric and perplexity, and per reward model its
+mean reward and the win rate against the baseline checkpoint) and each benchmark plotted against
+the training tokens the checkpoint had seen, one line per run, as in the LLaMA paper's figure
+(`evaluation-summary`).
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from modeling.chat_eval import win_rate_by_prompt
 from modeling.model_folders import ModelCheckpoint, folder_checkpoints
 from modeling.run_config import with_overrides
 from tasks.benchmarks import Policy, Task, load_task
+from tasks.dialogues.prompts import ChatPrompt, read_prompts
 from tasks.settings import default_data_root
 from tasks.synthetic.benchmarks import write_synthetic_tasks
 
@@ -83,13 +88,26 @@ class EvaluateConfig(BaseModel):
     documents_per_source: int | None = Field(64, ge=1, description="Its documents scored per source; None: all")
     stride: int | None = Field(None, ge=1, description="New tokens per rolling window of a long document; None: "
                                                        "the context (disjoint windows)")
+    chat_prompts: str | None = Field(None, description="A prompt set (JSON lines of {\"messages\": [...]} ending "
+                                                       "with a user turn) each checkpoint answers, judged by "
+                                                       "reward_models")
+    reward_models: dict[str, str] = Field(default_factory=dict, description="Reward model export folders by name "
+                                                                            "(e.g. helpfulness, safety)")
+    baseline: str | None = Field(None, description="The checkpoint (its label) win rates are against; None: the "
+                                                   "first")
+    chat_max_new_tokens: int = Field(128, ge=1, description="Tokens of each answer to a chat prompt at most")
+    chat_temperature: float = Field(0.0, ge=0, description="Of the answers to chat prompts: 0 greedy, else sampled "
+                                                           "(seeded by seed)")
+    chat_top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling of the chat answers")
     batch_size: int = Field(16, ge=1)
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="Weights and activations")
 
     @model_validator(mode="after")
     def _something_to_measure(self) -> EvaluateConfig:
-        if not (self.benchmarks or self.token_stage or self.document_stage):
-            raise ValueError("nothing to evaluate: give benchmarks, a token_stage or a document_stage")
+        if not (self.benchmarks or self.token_stage or self.document_stage or self.chat_prompts):
+            raise ValueError("nothing to evaluate: give benchmarks, a token_stage, a document_stage or chat_prompts")
+        if bool(self.chat_prompts) != bool(self.reward_models):
+            raise ValueError("chat metrics need both chat_prompts and reward_models (the answers and their judges)")
         if self.token_stage and self.document_stage and stage_name(self.token_stage) == stage_name(self.document_stage):
             raise ValueError(f"token_stage and document_stage are both named {stage_name(self.token_stage)!r}: "
                              f"their columns would be one")
@@ -125,9 +143,20 @@ def load_benchmarks(config: EvaluateConfig, synthetic_folder: Path) -> list[Task
     return list(tasks.values())
 
 
+def check_reward_models(config: EvaluateConfig) -> None:
+    """Each reward model folder loads as a reward model (load_reward_hf refuses any other)."""
+    from modeling.reward import load_reward_hf
+
+    for name, folder in config.reward_models.items():
+        try:
+            load_reward_hf(folder)
+        except (FileNotFoundError, ValueError) as error:
+            raise type(error)(f"reward model {name!r}: {error}") from None
+
+
 @task
-def plan(config: EvaluateConfig) -> tuple[list[ModelCheckpoint], list[Task]]:
-    """Every checkpoint to evaluate and every benchmark, checked; raises naming what is wrong."""
+def plan(config: EvaluateConfig) -> tuple[list[ModelCheckpoint], list[Task], list[ChatPrompt]]:
+    """Every checkpoint to evaluate, every benchmark and chat prompt, checked; raises naming what is wrong."""
     from modeling.objectives import read_token_manifest
     from tasks.stage import units_from_stage
     from tasks.storage import resolve
@@ -140,27 +169,36 @@ def plan(config: EvaluateConfig) -> tuple[list[ModelCheckpoint], list[Task]]:
     if len(set(labels)) < len(labels):
         twice = sorted({label for label in labels if labels.count(label) > 1})
         raise ValueError(f"two checkpoints are called {', '.join(twice)}: give the sources labels")
+    if config.baseline is not None and config.baseline not in labels:
+        raise ValueError(f"baseline {config.baseline!r} is none of the checkpoints: {', '.join(labels)}")
     with tempfile.TemporaryDirectory(prefix="llamaline-synthetic-") as folder:
         benchmarks = load_benchmarks(config, Path(folder))
     if config.token_stage:
         read_token_manifest(config.token_stage)
     if config.document_stage:
         units_from_stage(resolve(config.document_stage))
+    prompts = read_prompts(config.chat_prompts, config.policy)[0] if config.chat_prompts else []
+    check_reward_models(config)
     print(f"{len(checkpoints)} checkpoints ({', '.join(labels)}); benchmarks "
-          f"{', '.join(f'{t.name} ({len(t.test)} records)' for t in benchmarks) or 'none'}")
-    return checkpoints, benchmarks
+          f"{', '.join(f'{t.name} ({len(t.test)} records)' for t in benchmarks) or 'none'}"
+          + (f"; {len(prompts)} chat prompts judged by {', '.join(config.reward_models)}" if prompts else ""))
+    return checkpoints, benchmarks, prompts
 
 
 @task(task_run_name="evaluate {checkpoint.label}")
-def evaluate_checkpoint(config: EvaluateConfig, checkpoint: ModelCheckpoint, benchmarks: list[Task]) -> dict[str, Any]:
-    """Benchmarks and perplexity of one checkpoint, on the GPU when there is one."""
+def evaluate_checkpoint(config: EvaluateConfig, checkpoint: ModelCheckpoint, benchmarks: list[Task],
+                        prompts: list[ChatPrompt]) -> dict[str, Any]:
+    """Benchmarks, perplexity and chat metrics of one checkpoint, on the GPU when there is one."""
     import torch
 
+    from modeling.chat_eval import evaluate_chat
     from modeling.evaluate import document_perplexity, evaluate_task, token_stage_perplexity
     from modeling.generate import Sampling
+    from modeling.reward import load_reward_hf
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = checkpoint.load(dtype=getattr(torch, config.dtype), device=device)
+    dtype = getattr(torch, config.dtype)
+    model, tokenizer = checkpoint.load(dtype=dtype, device=device)
     scores = {}
     for benchmark in benchmarks:
         report = evaluate_task(model, tokenizer, benchmark, shots=config.shots, seed=config.seed,
@@ -181,9 +219,29 @@ def evaluate_checkpoint(config: EvaluateConfig, checkpoint: ModelCheckpoint, ben
             batch_size=config.batch_size)
     for stage, report in perplexity.items():
         print(f"{checkpoint.label}: {stage} perplexity {report['perplexity']:.3f}")
+    chat = None
+    if prompts:
+        reward_models = {name: load_reward_hf(folder, dtype=dtype, device=device)
+                         for name, folder in config.reward_models.items()}
+        chat = evaluate_chat(model, tokenizer, prompts, reward_models, max_new_tokens=config.chat_max_new_tokens,
+                             sampling=Sampling(temperature=config.chat_temperature, top_p=config.chat_top_p),
+                             seed=config.seed, batch_size=config.batch_size, policy=config.policy).as_dict()
+        print(f"{checkpoint.label}: {chat['prompts']} chat prompts, mean reward "
+              + " ".join(f"{name} {mean:.3f}" for name, mean in chat["mean_rewards"].items())
+              + (f" ({len(chat['skipped'])} prompts skipped)" if chat["skipped"] else ""))
     return {"checkpoint": checkpoint.label, "run": checkpoint.run, "step": checkpoint.step,
             "tokens": checkpoint.tokens, "weights": str(checkpoint.weights), "device": device,
-            "benchmarks": scores, "perplexity": perplexity}
+            "benchmarks": scores, "perplexity": perplexity, "chat": chat}
+
+
+def add_win_rates(results: list[dict[str, Any]], baseline: str) -> None:
+    """Each result's chat metrics gain, per reward model, its answers' win rate against the baseline's."""
+    against = next(r for r in results if r["checkpoint"] == baseline)
+    for result in results:
+        if result["chat"] is not None:
+            result["chat"]["baseline"] = baseline
+            result["chat"]["win_rates"] = {name: win_rate_by_prompt(rewards, against["chat"]["rewards"][name])
+                                           for name, rewards in result["chat"]["rewards"].items()}
 
 
 # ---------------------------------------------------------------------------------- artifacts
@@ -191,20 +249,27 @@ def evaluate_checkpoint(config: EvaluateConfig, checkpoint: ModelCheckpoint, ben
 
 def score_columns(result: dict[str, Any]) -> dict[str, float]:
     """A checkpoint's numbers by column name: `<task> <metric>`, `<stage> perplexity` (and a
-    document stage's `<stage> bits_per_byte`)."""
+    document stage's `<stage> bits_per_byte`), `<reward model> reward` (the mean) and
+    `<reward model> win rate vs <baseline>`."""
     columns = {f"{name} {metric}": report[metric]
                for name, report in result["benchmarks"].items() for metric in METRICS[report["kind"]]}
     for stage, report in result["perplexity"].items():
         columns[f"{stage} perplexity"] = report["perplexity"]
         if "bits_per_byte" in report:
             columns[f"{stage} bits_per_byte"] = report["bits_per_byte"]
+    chat = result.get("chat")
+    if chat:
+        for name, mean in chat["mean_rewards"].items():
+            columns[f"{name} reward"] = mean
+            columns[f"{name} win rate vs {chat['baseline']}"] = chat["win_rates"][name]
     return columns
 
 
 def plotted_columns(result: dict[str, Any]) -> list[str]:
-    """A panel per benchmark (its first metric) and per perplexity."""
+    """A panel per benchmark (its first metric), per perplexity and per reward model's mean reward."""
     return ([f"{name} {METRICS[report['kind']][0]}" for name, report in result["benchmarks"].items()]
-            + [f"{stage} perplexity" for stage in result["perplexity"]])
+            + [f"{stage} perplexity" for stage in result["perplexity"]]
+            + [f"{name} reward" for name in (result.get("chat") or {}).get("mean_rewards", {})])
 
 
 def scores_against_tokens_png(results: list[dict[str, Any]]) -> bytes:
@@ -255,6 +320,11 @@ def publish(config: EvaluateConfig, results: list[dict[str, Any]]) -> None:
                           description=f"{len(results)} checkpoints, {config.shots}-shot, seed {config.seed}")
     lines = ["# Evaluation", "", f"{config.shots}-shot, seed {config.seed}, policy {config.policy}, on "
                                  f"{results[0]['device']}."]
+    if config.chat_prompts:
+        answers = "greedy" if config.chat_temperature == 0 else f"sampled at temperature {config.chat_temperature}"
+        lines += ["", f"Chat metrics: answers ({answers}, at most {config.chat_max_new_tokens} tokens) to "
+                      f"{config.chat_prompts} judged by {', '.join(config.reward_models)}; win rates against "
+                      f"{results[0]['chat']['baseline']}, ties counted half."]
     plotted = [r for r in results if r["tokens"] is not None]
     if plotted:
         png = base64.b64encode(scores_against_tokens_png(plotted)).decode()
@@ -267,6 +337,9 @@ def publish(config: EvaluateConfig, results: list[dict[str, Any]]) -> None:
             if report["skipped"]:
                 lines += ["", f"{result['checkpoint']}, {name}: {len(report['skipped'])} records skipped, the first "
                               f"{report['skipped'][0]}"]
+        if result["chat"] and result["chat"]["skipped"]:
+            lines += ["", f"{result['checkpoint']}, chat prompts: {len(result['chat']['skipped'])} skipped, the first "
+                          f"{result['chat']['skipped'][0]}"]
     create_markdown_artifact(key="evaluation-summary", markdown="\n".join(lines),
                              description="Benchmarks and perplexity against training tokens")
 
@@ -277,7 +350,9 @@ def evaluate(config: EvaluateConfig = EvaluateConfig(),
     """One report per checkpoint. `overrides` changes single fields of `config` at run time, e.g.
     {"shots": 2} or {"checkpoints": [{"path": "/data/runs/llama2-7b", "every_checkpoint": true}]}."""
     config = with_overrides(config, overrides)
-    checkpoints, benchmarks = plan(config)
-    results = [evaluate_checkpoint(config, checkpoint, benchmarks) for checkpoint in checkpoints]
+    checkpoints, benchmarks, prompts = plan(config)
+    results = [evaluate_checkpoint(config, checkpoint, benchmarks, prompts) for checkpoint in checkpoints]
+    if prompts:
+        add_win_rates(results, config.baseline or checkpoints[0].label)
     publish(config, results)
     return results

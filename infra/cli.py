@@ -170,6 +170,15 @@ def _absolute(path_or_uri: str) -> str:
     return path_or_uri if "://" in path_or_uri else str(Path(path_or_uri).resolve())
 
 
+def _name_and_path(option: str, assignment: str, form: str) -> tuple[str, str]:
+    """NAME=PATH of a repeatable option, or exit 2 naming the form expected."""
+    name, separator, path = assignment.partition("=")
+    if not separator or not name or not path:
+        console.print(f"[red]error[/red] {option} {assignment!r}: expected {form}")
+        raise typer.Exit(code=2)
+    return name, path
+
+
 @app.command("train-tokenizer")
 def train_tokenizer(
     input: Annotated[str, typer.Option(help="Stage to sample text from")] = "data/curated",
@@ -324,10 +333,7 @@ def reward(
     training = _run_config(RewardConfig, PRESETS, preset, config_file, set_)
     roles: dict[str, dict] = {}
     for assignment in role or []:
-        name, separator, path = assignment.partition("=")
-        if not separator or not name or not path:
-            console.print(f"[red]error[/red] --role {assignment!r}: expected ROLE=PATH")
-            raise typer.Exit(code=2)
+        name, path = _name_and_path("--role", assignment, "ROLE=PATH")
         given = roles.setdefault(name, {"inputs": []})
         if (Path(path) / "_manifest.json").is_file():
             given["stage"] = _absolute(path)
@@ -408,12 +414,18 @@ def evaluate(
     policy: Annotated[str | None, typer.Option(help="A bad record: refuse (default) or skip and list it")] = None,
     token_stage: Annotated[str | None, typer.Option(help="A token stage to measure perplexity on")] = None,
     document_stage: Annotated[str | None, typer.Option(help="A document stage to measure perplexity on")] = None,
+    chat_prompts: Annotated[str | None, typer.Option(
+        help="A prompt set (JSON lines of {\"messages\": [...]} ending with a user turn) to answer")] = None,
+    reward_model: Annotated[list[str] | None, typer.Option(
+        "--reward-model", help="NAME=FOLDER: a reward model export judging the answers (repeatable)")] = None,
+    baseline: Annotated[str | None, typer.Option(
+        help="The checkpoint win rates are against (default: the first)")] = None,
     config_file: Annotated[Path | None, typer.Option(
         "--config", help="An EvaluateConfig as JSON or YAML; the options given change it")] = None,
     print_config: Annotated[bool, typer.Option(help="Print the resulting config as JSON and exit")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print every checkpoint's full report as JSON")] = False,
 ) -> None:
-    """Score checkpoints on benchmarks and perplexity, plotted against training tokens (the `evaluate` flow).
+    """Score checkpoints on benchmarks, perplexity and chat metrics, against training tokens (the `evaluate` flow).
 
     Exit code 0: evaluated; 1: the run failed (a folder or task file it cannot use is named before
     any model loads); 2: the config is invalid.
@@ -425,9 +437,14 @@ def evaluate(
     values = yaml.safe_load(config_file.read_text()) if config_file else {}
     if checkpoint:
         values["checkpoints"] = [{"path": _absolute(path), "every_checkpoint": every_checkpoint} for path in checkpoint]
+    reward_models = dict(_name_and_path("--reward-model", assignment, "NAME=FOLDER")
+                         for assignment in reward_model or [])
     given = {"benchmarks": benchmark, "shots": shots, "seed": seed, "policy": policy,
              "token_stage": _absolute(token_stage) if token_stage else None,
-             "document_stage": _absolute(document_stage) if document_stage else None}
+             "document_stage": _absolute(document_stage) if document_stage else None,
+             "chat_prompts": _absolute(chat_prompts) if chat_prompts else None,
+             "reward_models": {name: _absolute(folder) for name, folder in reward_models.items()} or None,
+             "baseline": baseline}
     config = _config(EvaluateConfig, **(values | {key: value for key, value in given.items() if value is not None}))
     if print_config:
         print(config.model_dump_json(indent=2))

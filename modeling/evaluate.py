@@ -259,8 +259,8 @@ def _accuracy(hits: Sequence[bool], name: str) -> dict:
     return {name: p, f"{name}_stderr": stderr}
 
 
-def _fits(prompt_tokens: int, answer_tokens: int, limit: int, where: str, policy: Policy,
-          problems: list[RecordProblem]) -> bool:
+def fits_context(prompt_tokens: int, answer_tokens: int, limit: int, where: str, policy: Policy,
+                 problems: list[RecordProblem]) -> bool:
     """Whether the model's input (prompt, then the answer less its last token) fits its context."""
     if prompt_tokens + answer_tokens - 1 <= limit:
         return True
@@ -276,7 +276,7 @@ def _multiple_choice(model, tokenizer, task, shots, seed, policy, batch_size):
         prompt = task.prompt(i, shots, seed)
         pairs = [split_continuation(tokenizer, prompt, " " + choice) for choice in record.choices]
         context, answer = max(pairs, key=lambda pair: len(pair[0]) + len(pair[1]))
-        if not _fits(len(context), len(answer), model.config.max_seq_len, record.where, policy, problems):
+        if not fits_context(len(context), len(answer), model.config.max_seq_len, record.where, policy, problems):
             continue
         kept.append(record)
         spans.extend((c + a, len(a)) for c, a in pairs)
@@ -291,19 +291,27 @@ def _multiple_choice(model, tokenizer, task, shots, seed, policy, batch_size):
     return {"records": len(kept), **_accuracy(hits, "acc"), **_accuracy(hits_norm, "acc_norm"), "chance": chance}, problems
 
 
+def generate_in_batches(model: Llama, tokenizer: Tokenizer, prompts: Sequence[Sequence[int]], *, batch_size: int,
+                        max_new_tokens: int, stop_tokens: Sequence[int], sampling: Sampling = GREEDY,
+                        seed: int | None = None) -> list[list[int]]:
+    """The new ids of each prompt (a stop token kept), `batch_size` prompts a `generate` call, only
+    ids the tokenizer has drawn; the batch from prompt `start` on samples with seed `seed + start`."""
+    outputs = []
+    for start in range(0, len(prompts), batch_size):
+        outputs += generate(model, prompts[start:start + batch_size], max_new_tokens=max_new_tokens,
+                            sampling=sampling, stop_tokens=stop_tokens, seed=None if seed is None else seed + start,
+                            pad_token=tokenizer.eos_id, vocab_size=tokenizer.vocab_size)
+    return outputs
+
+
 def _generations(model, tokenizer, prompts, batch_size, max_new_tokens, stop, sampling=GREEDY, seed=None):
     """Decoded answers cut at the first stop string; generation ends early at EOS, or at a newline
     when "\\n" is itself a stop string (a newline is always its own token in LLaMA's tokenizer)."""
     newline = tokenizer.encode("\n", bos=False)[-1:]
     stop_tokens = [tokenizer.eos_id, *(newline if "\n" in stop else [])]
-    texts = []
-    for start in range(0, len(prompts), batch_size):
-        outputs = generate(model, prompts[start:start + batch_size], max_new_tokens=max_new_tokens,
-                           sampling=sampling, stop_tokens=stop_tokens,
-                           seed=None if seed is None else seed + start, pad_token=tokenizer.eos_id,
-                           vocab_size=tokenizer.vocab_size)
-        texts.extend(cut_at_stop(tokenizer.decode(ids), stop) for ids in outputs)
-    return texts
+    outputs = generate_in_batches(model, tokenizer, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                  stop_tokens=stop_tokens, sampling=sampling, seed=seed)
+    return [cut_at_stop(tokenizer.decode(ids), stop) for ids in outputs]
 
 
 def _prompts_that_fit(model, tokenizer, task, shots, seed, policy, max_new_tokens):
@@ -312,7 +320,7 @@ def _prompts_that_fit(model, tokenizer, task, shots, seed, policy, max_new_token
     for i, record in enumerate(task.test):
         ids = tokenizer.encode(task.prompt(i, shots, seed), bos=True)
         # generate wants room for the prompt and every new token (its cache holds them all).
-        if _fits(len(ids), max_new_tokens + 1, model.config.max_seq_len, record.where, policy, problems):
+        if fits_context(len(ids), max_new_tokens + 1, model.config.max_seq_len, record.where, policy, problems):
             kept.append(record)
             prompts.append(ids)
     return kept, prompts, problems

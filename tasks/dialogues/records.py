@@ -9,8 +9,9 @@ document stage, the executor, receipts and manifests serve dialogues unchanged.
 
 :func:`dialogue_problem` says why a dialogue is malformed: an optional single system message
 first, then user and assistant strictly alternating from a user turn, ending with an assistant
-turn (the one trained on); every content a non-blank string without Llama 2's control tags,
-which our chat format places around turns, so a turn holding one could forge a turn boundary.
+turn (the one trained on; a prompt to answer ends with a user turn instead); every content a
+non-blank string without Llama 2's control tags, which our chat format places around turns, so a
+turn holding one could forge a turn boundary.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ PROBLEM_REASONS = (
     "no_assistant_turn",
     "roles_out_of_order",
     "ends_without_assistant",
+    "ends_without_user",
 )
 
 
@@ -112,10 +114,11 @@ def as_messages(raw: Any) -> tuple[Message, ...] | Problem:
     return tuple(messages)
 
 
-def dialogue_problem(messages: Sequence[Message] | Any) -> Problem | None:
+def dialogue_problem(messages: Sequence[Message] | Any, *, last_role: str = "assistant") -> Problem | None:
     """Why the dialogue is malformed (the first problem found), or None for a well-formed one.
 
     ``messages``: :class:`Message` objects, or decoded JSON (a list of role/content objects).
+    ``last_role``: ``assistant`` for a dialogue to train on, ``user`` for a prompt to answer.
     A Problem is truthy and its ``str`` is ``"<reason>: <detail>"``.
     """
     typed = isinstance(messages, list | tuple) and all(isinstance(m, Message) for m in messages)
@@ -132,7 +135,7 @@ def dialogue_problem(messages: Sequence[Message] | Any) -> Problem | None:
             if tag in message.content:
                 return Problem("control_tag", f"message {n} ({message.role}) holds the chat-format tag {tag}")
     roles = [m.role for m in messages]
-    if "assistant" not in roles:
+    if last_role == "assistant" and "assistant" not in roles:
         return Problem("no_assistant_turn", f"roles {_sequence(roles)}")
     turns = roles[1:] if roles[0] == "system" else roles
     for n, role in enumerate(turns):
@@ -140,8 +143,8 @@ def dialogue_problem(messages: Sequence[Message] | Any) -> Problem | None:
         if role != expected:
             position = n + len(roles) - len(turns)
             return Problem("roles_out_of_order", f"message {position} is {role}, expected {expected}: roles {_sequence(roles)}")
-    if roles[-1] != "assistant":
-        return Problem("ends_without_assistant", f"the last turn is {roles[-1]}: roles {_sequence(roles)}")
+    if roles[-1] != last_role:
+        return Problem(f"ends_without_{last_role}", f"the last turn is {roles[-1]}: roles {_sequence(roles)}")
     return None
 
 

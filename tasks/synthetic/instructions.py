@@ -9,7 +9,8 @@ Dialogues are in the common ``messages`` form (an optional system turn, then use
 rounds; a share of them has two rounds) with ``id`` and ``task`` (the task of the final round) as
 metadata. :func:`split_heldout` keeps every held-out final prompt out of the training dialogues;
 :func:`check_answer` and :func:`exact_match_rate` score generations against the final answer.
-:func:`write_jsonl` writes dialogues as JSON lines; :func:`write_inputs` is the demo's dialogue input.
+:func:`write_jsonl` writes dialogues as JSON lines; :func:`write_inputs` is the demo's dialogue input;
+:func:`write_prompts` a prompt set of them for chat metrics.
 Dialogue ``i`` of a seed is drawn from its own generator, so it is the same whatever ``n`` is.
 """
 
@@ -156,6 +157,14 @@ def write_inputs(folder: str, seed: int = 0, n: int = 200) -> list[str]:
 def _jsonl(dialogues: Sequence[Dialogue]) -> bytes:
     lines = [json.dumps(dialogue, ensure_ascii=False, sort_keys=True, separators=(",", ":")) for dialogue in dialogues]
     return "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+def write_prompts(path: str | Path, n: int = 32, seed: int = 0) -> Path:
+    """``n`` dialogues as a prompt set (`tasks.dialogues.prompts`): each less its final answer,
+    which it keeps as ``answer``, for a chat model to answer and reward models to judge."""
+    prompts = [{**dialogue, "messages": dialogue["messages"][:-1], "answer": final_answer(dialogue)}
+               for dialogue in make_instructions(n, seed)]
+    return write_jsonl(path, prompts)
 
 
 def user_prompts(dialogue: Dialogue) -> list[str]:

@@ -1,7 +1,8 @@
 """The evaluate flow on a real Prefect API: a run trained on Ray Train on the synthetic tasks'
-text, every checkpoint it kept and its export, and a random model, scored on the synthetic tasks
-and on perplexity; the table and the plot read back through the Prefect client; configs that
-cannot work refused, by their path, before any model is loaded."""
+text, every checkpoint it kept and its export, and a random model, scored on the synthetic tasks,
+on perplexity and on chat metrics by two random reward models; the table and the plot read back
+through the Prefect client; configs that cannot work refused, by their path, before any model is
+loaded."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ from modeling.checkpoints import save_hf
 from modeling.configs import ModelConfig
 from modeling.pretrain import PretrainConfig
 from modeling.ray_job import run_training
+from modeling.reward import RewardModel, save_reward_hf
 from tasks.synthetic.benchmarks import corpus_documents, write_synthetic_tasks
+from tasks.synthetic.instructions import write_prompts
 from tasks.tokenizer import train_tokenizer
 from tasks.tokens import pack_stream, row_doc_starts, write_rows_stage
 from tests.modeling.helpers import random_model
@@ -31,6 +34,7 @@ SEQ_LEN = 64
 STEPS = 400
 BATCH_TOKENS = 16 * SEQ_LEN
 RECORDS = 32  # homes' test records; colours has 64, doubles 10
+REWARD_MODELS = ("helpfulness", "safety")
 
 
 @pytest.fixture(scope="module")
@@ -73,17 +77,29 @@ def trained_run(corpus):
     return config.run_dir, shape
 
 
+def random_reward_export(shape, folder, tokenizer, seed: int):
+    """A reward model on a random backbone: the flow's chat metrics wiring (their meaning is
+    tests/modeling/test_chat_eval.py's)."""
+    model = RewardModel(shape, score_seed=seed)
+    backbone = random_model(shape, seed=seed).state_dict()
+    model.backbone.load_state_dict({name: tensor for name, tensor in backbone.items() if name != "output.weight"})
+    return save_reward_hf(model, folder, tokenizer_files=[tokenizer])
+
+
 @pytest.fixture(scope="module")
 def evaluated(corpus, trained_run):
     root, stage, documents = corpus
     run_dir, shape = trained_run
-    random = save_hf(random_model(shape, seed=3), root / "random",
-                     tokenizer_files=[root / "tokenizer" / "tokenizer.model"])
+    tokenizer = root / "tokenizer" / "tokenizer.model"
+    random = save_hf(random_model(shape, seed=3), root / "random", tokenizer_files=[tokenizer])
+    reward_models = {name: str(random_reward_export(shape, root / name, tokenizer, seed))
+                     for seed, name in enumerate(REWARD_MODELS, 4)}
     config = EvaluateConfig(
         checkpoints=[CheckpointSource(path=str(run_dir), every_checkpoint=True), str(run_dir),
                      CheckpointSource(path=str(random), label="random")],
         synthetic_records=RECORDS, max_new_tokens=6, token_stage=stage, token_rows=32, document_stage=documents,
-        seed=1,
+        seed=1, chat_prompts=str(write_prompts(root / "prompts.jsonl", n=8)), reward_models=reward_models,
+        baseline="random", chat_max_new_tokens=8,
     )
     state = evaluate(config, return_state=True)
     assert state.is_completed(), state.message
@@ -110,13 +126,25 @@ def test_every_checkpoint_is_a_row_of_the_table_and_each_benchmark_is_plotted_ag
     assert [row["checkpoint"] for row in table] == labels
     assert set(table[0]) == {
         "checkpoint", "step", "training_tokens", "colours acc", "colours acc_norm", "homes exact_match",
-        "doubles maj_at_k", "doubles sample_accuracy", "tokens perplexity", "ingest perplexity", "ingest bits_per_byte"}
+        "doubles maj_at_k", "doubles sample_accuracy", "tokens perplexity", "ingest perplexity", "ingest bits_per_byte",
+        *(f"{name} {column}" for name in REWARD_MODELS for column in ("reward", "win rate vs random"))}
     assert table[-1]["colours acc"] == results["random"]["benchmarks"]["colours"]["acc"]
+    for row, label in zip(table, labels):
+        chat = results[label]["chat"]
+        assert chat["prompts"] == 8 and not chat["skipped"]
+        for name in REWARD_MODELS:
+            assert row[f"{name} reward"] == pytest.approx(np.mean(list(chat["rewards"][name].values())))
+            assert row[f"{name} win rate vs random"] == chat["win_rates"][name] and 0 <= chat["win_rates"][name] <= 1
+    assert table[-1]["helpfulness win rate vs random"] == 0.5  # the baseline against itself: all ties
+    assert table[0]["helpfulness reward"] != table[0]["safety reward"]
+    # The last checkpoint is the export: the same answers, the same rewards.
+    assert results["synthetic step 400"]["chat"]["rewards"] == results["synthetic"]["chat"]["rewards"]
 
     summary = artifacts["evaluation-summary"].data
     png = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)\)", summary)
     assert png and base64.b64decode(png.group(1)).startswith(b"\x89PNG\r\n\x1a\n")
     assert "Not plotted, no record of their training tokens: random." in summary
+    assert "judged by helpfulness, safety; win rates against random, ties counted half." in summary
 
 
 def test_the_trained_model_scores_above_chance_and_the_random_one_at_chance(evaluated):
@@ -153,6 +181,11 @@ def test_a_config_that_cannot_work_fails_naming_its_path_before_any_model_is_loa
     run_dir, _ = trained_run
     missing = tmp_path / "no-such-run"
     (tmp_path / "empty").mkdir()
+    prompts = write_prompts(tmp_path / "prompts.jsonl", n=4)
+    bad_prompts = tmp_path / "bad-prompts.jsonl"
+    bad_prompts.write_text(prompts.read_text() + '{"messages": [{"role": "user", "content": "hi"}, '
+                                                 '{"role": "assistant", "content": "hello"}]}\n')
+    not_reward = {"helpfulness": str(run_dir / "hf")}
     cases = [
         ({"checkpoints": [str(missing)]}, f"{missing}: no such folder"),
         ({"checkpoints": [str(tmp_path / "empty")]}, f"{tmp_path / 'empty'}: neither a model folder"),
@@ -160,6 +193,12 @@ def test_a_config_that_cannot_work_fails_naming_its_path_before_any_model_is_loa
         ({"benchmarks": [str(bad_task)]}, f"{bad_task / 'task.json'}:1: not JSON"),
         ({"benchmarks": ["doubles"], "shots": 10}, "doubles: 10-shot prompts need 10 train records, the pool has 9"),
         ({"token_stage": str(tmp_path / "tokens")}, f"{tmp_path / 'tokens'}: not a finished token stage"),
+        ({"baseline": "nobody"}, "baseline 'nobody' is none of the checkpoints: synthetic"),
+        ({"chat_prompts": str(tmp_path / "none.jsonl"), "reward_models": not_reward},
+         f"{tmp_path / 'none.jsonl'}: no such prompt set"),
+        ({"chat_prompts": str(bad_prompts), "reward_models": not_reward}, f"{bad_prompts}:5: ends_without_user"),
+        ({"chat_prompts": str(prompts), "reward_models": not_reward},
+         f"reward model 'helpfulness': {run_dir / 'hf'}: not a reward model"),
     ]
     for change, message in cases:
         config = EvaluateConfig.model_validate({"checkpoints": [str(run_dir)], **change})
@@ -173,6 +212,10 @@ def test_a_config_that_cannot_work_fails_naming_its_path_before_any_model_is_loa
 def test_the_config_refuses_what_it_can_tell_alone():
     with pytest.raises(ValidationError, match="nothing to evaluate"):
         EvaluateConfig(benchmarks=[])
+    with pytest.raises(ValidationError, match="need both chat_prompts and reward_models"):
+        EvaluateConfig(chat_prompts="prompts.jsonl")
+    with pytest.raises(ValidationError, match="need both chat_prompts and reward_models"):
+        EvaluateConfig(reward_models={"safety": "runs/safety/hf"})
     with pytest.raises(ValidationError, match="both named 'tokens'"):
         EvaluateConfig(token_stage="a/tokens", document_stage="b/tokens")
     with pytest.raises(ValidationError, match="Extra inputs"):

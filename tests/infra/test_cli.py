@@ -113,6 +113,15 @@ def test_evaluate_builds_its_config_from_options_over_a_file_and_refuses_a_bad_o
     assert config["token_stage"] == str(tmp_path / "tokens")
     refused = runner.invoke(app, ["evaluate", "--policy", "ignore"])
     assert refused.exit_code == 2 and "'refuse' or 'skip'" in refused.output
+    chat = runner.invoke(app, ["evaluate", "--chat-prompts", "prompts.jsonl", "--reward-model", "helpfulness=rm/h",
+                               "--reward-model", "safety=rm/s", "--baseline", "demo", "--print-config"])
+    assert chat.exit_code == 0, chat.output
+    config = json.loads(chat.output)
+    assert config["chat_prompts"] == str(tmp_path / "prompts.jsonl") and config["baseline"] == "demo"
+    assert config["reward_models"] == {"helpfulness": str(tmp_path / "rm" / "h"), "safety": str(tmp_path / "rm" / "s")}
+    assert runner.invoke(app, ["evaluate", "--reward-model", "helpfulness"]).exit_code == 2
+    alone = runner.invoke(app, ["evaluate", "--chat-prompts", "prompts.jsonl"])
+    assert alone.exit_code == 2 and "need both chat_prompts and reward_models" in alone.output
 
 
 def llamaline(*args: str) -> subprocess.CompletedProcess:

@@ -92,3 +92,13 @@ def test_a_dialogue_survives_the_round_trip_through_a_document():
 def test_a_document_without_messages_is_not_a_dialogue():
     with pytest.raises(ValueError, match="doc-7 has no messages column"):
         Dialogue.from_document(Document("doc-7", "c4", "text"))
+
+
+def test_a_prompt_to_answer_ends_with_the_user_turn():
+    prompt = turns(("system", "s"), ("user", "a"), ("assistant", "b"), ("user", "c"))
+    assert dialogue_problem(prompt, last_role="user") is None
+    for messages, detail in ((turns(("user", "a"), ("assistant", "b")), "last turn is assistant"),
+                             (turns(("system", "s")), "last turn is system")):
+        problem = dialogue_problem(messages, last_role="user")
+        assert problem.reason == "ends_without_user" and detail in problem.detail
+    assert dialogue_problem(turns(("user", "a"), ("user", "b")), last_role="user").reason == "roles_out_of_order"

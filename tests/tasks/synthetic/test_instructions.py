@@ -6,6 +6,7 @@ from collections import Counter
 
 import pytest
 
+from tasks.dialogues.prompts import read_prompts
 from tasks.synthetic.instructions import (
     CHAT_TAGS,
     TASKS,
@@ -17,6 +18,7 @@ from tasks.synthetic.instructions import (
     tokenizer_texts,
     user_prompts,
     write_jsonl,
+    write_prompts,
 )
 from tasks.tokenizer import train_tokenizer
 
@@ -133,3 +135,12 @@ def test_a_small_tokenizer_trained_on_the_texts_fits_a_long_dialogue_in_128_toke
     byte_pieces = [t for d in make_instructions(200, seed=1) for t in tokenizer.encode(final_answer(d), bos=False)
                    if tokenizer.piece(t).startswith("<0x")]
     assert byte_pieces == []
+
+
+def test_a_prompt_set_of_the_dialogues_ends_each_with_the_user_turn_to_answer(tmp_path):
+    path = write_prompts(tmp_path / "prompts.jsonl", n=20, seed=3)
+    prompts, problems = read_prompts(path)
+    dialogues = make_instructions(20, seed=3)
+    assert not problems and len(prompts) == 20
+    assert [p.as_dicts() for p in prompts] == [d["messages"][:-1] for d in dialogues]
+    assert [json.loads(line)["answer"] for line in path.read_text().splitlines()] == list(map(final_answer, dialogues))
