@@ -10,7 +10,6 @@ import time
 
 import numpy as np
 import pytest
-import torch
 
 from modeling.chat_eval import (
     answer_prompts, answer_text, evaluate_chat, score_answers, win_rate, win_rate_by_prompt,
