@@ -29,7 +29,7 @@ from tests.flows.test_pretrain import losses
 
 SEQ_LEN = 127
 COMPARISONS = 400
-HH_PAIRS = 600  # enough for the helpfulness mixture's sample, as many as its whole share
+HH_PAIRS = 400  # enough for the helpfulness mixture's sample, as many as its whole share
 TINY_MODEL = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "vocab_size": 600, "multiple_of": 32,
               "max_seq_len": 128}
 
@@ -174,7 +174,8 @@ def test_the_safety_model_mixes_safety_and_harmless_with_a_tenth_of_helpfulness(
     roles = {"safety": ComparisonSet(inputs=[f"{root}/raw/safety.jsonl"]),
              "open_harmless": ComparisonSet(stage=f"{root}/comparisons-open_harmless"),  # ingested for the other model
              "helpfulness": ComparisonSet(stage=f"{root}/comparisons-helpfulness")}
-    training = helpful.training.model_copy(update={"run_name": "safety", "data": f"{root}/reward-safety-tokens"})
+    training = helpful.training.model_copy(update={"run_name": "safety", "data": f"{root}/reward-safety-tokens",
+                                                   "epochs": 1})
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
         state = reward(RewardFlowConfig(mixture="safety", roles=roles, training=training), return_state=True)
