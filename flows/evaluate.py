@@ -18,7 +18,6 @@ the training tokens the checkpoint had seen, one line per run, as in the LLaMA p
 from __future__ import annotations
 
 import base64
-import io
 import math
 import tempfile
 from collections import defaultdict
@@ -29,6 +28,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from flows.figures import png_bytes, pyplot
 from modeling.chat_eval import win_rate_by_prompt
 from modeling.model_folders import ModelCheckpoint, folder_checkpoints
 from modeling.run_config import with_overrides
@@ -275,10 +275,7 @@ def plotted_columns(result: dict[str, Any]) -> list[str]:
 def scores_against_tokens_png(results: list[dict[str, Any]]) -> bytes:
     """Each plotted column against training tokens, a line per run; a multiple-choice task's
     chance as a dashed line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import EngFormatter, MaxNLocator
 
     panels = plotted_columns(results[0])
@@ -305,11 +302,7 @@ def scores_against_tokens_png(results: list[dict[str, Any]]) -> bytes:
         axis.legend(fontsize="small")
     for axis in list(axes.flat)[len(panels):]:
         axis.set_visible(False)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return buffer.getvalue()
+    return png_bytes(figure)
 
 
 @task

@@ -20,7 +20,6 @@ the same inputs.
 from __future__ import annotations
 
 import base64
-import io
 import json
 from typing import Any, Literal
 
@@ -28,6 +27,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field, model_validator
 
+from flows.figures import png_bytes, pyplot
 from flows.training import root_and_name, stop_job_on_cancellation, train
 from modeling.reward import RewardConfig, debug_run
 from modeling.run_config import with_overrides
@@ -216,10 +216,7 @@ def evaluate(config: RewardConfig, tests: dict[str, str], batch_rows: int) -> di
 
 
 def score_histograms_png(scores: dict[str, Any], title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     figure, axes = plt.subplots(1, len(scores), figsize=(5 * len(scores), 3.2), dpi=100, squeeze=False)
@@ -232,11 +229,7 @@ def score_histograms_png(scores: dict[str, Any], title: str) -> bytes:
         axis.set_xlabel("reward")
         axis.legend()
     figure.suptitle(title)
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return buffer.getvalue()
+    return png_bytes(figure)
 
 
 # ---------------------------------------------------------------------------------- the flow

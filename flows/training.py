@@ -13,7 +13,6 @@ table, the loss curve and a summary, under artifact keys named by the run's kind
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import shlex
@@ -28,6 +27,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
 
+from flows.figures import png_bytes, pyplot
 from modeling.ray_job import METRICS_FILE, SUMMARY_FILE, read_metrics
 from modeling.run_config import RunConfig
 
@@ -257,10 +257,7 @@ def stop_job_on_cancellation(run_config_of: Callable[[dict[str, Any]], RunConfig
 
 
 def loss_curve_png(entries: list[dict[str, Any]], title: str) -> bytes:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     steps = [e for e in entries if "event" not in e and "loss" in e]
     validation = [e for e in steps if "validation_loss" in e]
@@ -275,11 +272,7 @@ def loss_curve_png(entries: list[dict[str, Any]], title: str) -> bytes:
     axis.set_ylabel("loss (nats/token)")
     axis.set_title(title)
     axis.legend()
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    return buffer.getvalue()
+    return png_bytes(figure)
 
 
 @task
