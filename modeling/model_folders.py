@@ -15,13 +15,14 @@ before any model is loaded.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from modeling.checkpoint_folders import DCP_METADATA, checkpoint_path, checkpoint_steps, load_model_weights
+from modeling.checkpoint_folders import DCP_METADATA, checkpoint_path, checkpoint_steps, load_model_weights, sha256_file
 from modeling.checkpoints import config_from_hf, load_hf, load_meta
 from modeling.llama import Llama
 from modeling.ray_job import HF_EXPORT, read_metrics
@@ -76,6 +77,19 @@ def load_model(checkpoint: str | Path, *, max_seq_len: int | None = None, dtype:
             raise ValueError(f"{folder}: its config.json says max_seq_len {model.config.max_seq_len}, "
                              f"not {max_seq_len}")
     return model.eval()
+
+
+def model_digest(folder: str | Path) -> str:
+    """sha256 over a model folder's files (names and bytes): what a stage made with the model is
+    fingerprinted with, so it is redone when the weights change, wherever the folder moved."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{folder}: no model files there")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(f"{path.relative_to(folder).as_posix()} {sha256_file(path)}\n".encode())
+    return digest.hexdigest()
 
 
 def folder_checkpoints(path: str, *, every_checkpoint: bool = False, label: str | None = None,
