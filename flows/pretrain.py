@@ -12,15 +12,11 @@ from typing import Any
 
 from prefect import flow
 
-from flows.training import stop_job_on_cancellation, train
+from flows.training import run_config_of_parameters, stop_job_on_cancellation, train
 from modeling.pretrain import PretrainConfig, debug_run
 from modeling.run_config import with_overrides
 
-
-def run_config_of(parameters: dict[str, Any]) -> PretrainConfig:
-    """The run config a flow run of `pretrain` trains, from its parameters."""
-    config = parameters.get("config")
-    return with_overrides(PretrainConfig.model_validate(config) if config else debug_run(), parameters.get("overrides"))
+run_config_of = run_config_of_parameters(PretrainConfig, default=debug_run)
 
 
 @flow(name="pretrain", log_prints=True, on_cancellation=[stop_job_on_cancellation(run_config_of)])

@@ -28,7 +28,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, Field, model_validator
 
 from flows.figures import png_bytes, pyplot
-from flows.training import root_and_name, stop_job_on_cancellation, train
+from flows.training import root_and_name, run_config_of_parameters, stop_job_on_cancellation, train
 from modeling.reward import RewardConfig, debug_run
 from modeling.run_config import with_overrides
 
@@ -235,11 +235,7 @@ def score_histograms_png(scores: dict[str, Any], title: str) -> bytes:
 # ---------------------------------------------------------------------------------- the flow
 
 
-def run_config_of(parameters: dict[str, Any]) -> RewardConfig:
-    """The run config a flow run of `reward` trains, from its parameters."""
-    config = parameters.get("config")
-    flow_config = RewardFlowConfig.model_validate(config) if config else RewardFlowConfig()
-    return with_overrides(flow_config, parameters.get("overrides")).run_config()
+run_config_of = run_config_of_parameters(RewardFlowConfig, RewardFlowConfig.run_config)
 
 
 @flow(name="reward", log_prints=True, on_cancellation=[stop_job_on_cancellation(run_config_of)])

@@ -20,7 +20,7 @@ from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from pydantic import BaseModel, Field, model_validator
 
-from flows.training import root_and_name, stop_job_on_cancellation, train
+from flows.training import root_and_name, run_config_of_parameters, stop_job_on_cancellation, train
 from modeling.run_config import with_overrides
 from modeling.sft import SFTConfig, debug_run
 
@@ -98,11 +98,7 @@ def pack(config: SFTFlowConfig, tokenizer: str) -> dict[str, Any]:
     return manifest
 
 
-def run_config_of(parameters: dict[str, Any]) -> SFTConfig:
-    """The run config a flow run of `sft` trains, from its parameters."""
-    config = parameters.get("config")
-    flow_config = SFTFlowConfig.model_validate(config) if config else SFTFlowConfig()
-    return with_overrides(flow_config, parameters.get("overrides")).run_config()
+run_config_of = run_config_of_parameters(SFTFlowConfig, SFTFlowConfig.run_config)
 
 
 @flow(name="sft", log_prints=True, on_cancellation=[stop_job_on_cancellation(run_config_of)])

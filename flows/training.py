@@ -29,7 +29,7 @@ from prefect.runtime import flow_run
 
 from flows.figures import png_bytes, pyplot
 from modeling.ray_job import METRICS_FILE, SUMMARY_FILE, read_metrics
-from modeling.run_config import RunConfig
+from modeling.run_config import RunConfig, with_overrides
 
 POLL_SECONDS = 2.0
 STOP_WAIT_SECONDS = 60.0
@@ -238,6 +238,20 @@ def stop_job(client, job_id: str) -> None:
             time.sleep(1.0)
     except Exception as error:  # the cluster may be gone too: say so, do not mask the original error
         print(f"could not stop Ray job {job_id}: {error}")
+
+
+def run_config_of_parameters(config_class: type, run_config: Callable[[Any], RunConfig] = lambda c: c,
+                             default: Callable[[], Any] | None = None) -> Callable[[dict[str, Any]], RunConfig]:
+    """`run_config_of` for a flow taking `config: config_class` and `overrides`: rebuilds the
+    flow's config from a flow run's parameters (`default()` when none is given) and returns the
+    run config it trains (`run_config(flow_config)`)."""
+
+    def run_config_of(parameters: dict[str, Any]) -> RunConfig:
+        given = parameters.get("config")
+        config = config_class.model_validate(given) if given else (default or config_class)()
+        return run_config(with_overrides(config, parameters.get("overrides")))
+
+    return run_config_of
 
 
 def stop_job_on_cancellation(run_config_of: Callable[[dict[str, Any]], RunConfig]):
