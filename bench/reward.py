@@ -87,7 +87,7 @@ from tasks.reward_tokens import answer_ends, pack_comparisons, rating_code
 from tasks.synthetic.comparisons import GAP_RATINGS, make_comparisons
 from tasks.synthetic.instructions import tokenizer_texts
 from tasks.tokenizer import export_hf, train_tokenizer
-from tasks.tokens import TokenReader
+from tasks.token_reader import TokenReader
 
 INSTALL_TRL = ("/work/main/.venv/bin/pip install --no-deps --target {path} trl==1.16.0 accelerate==1.16.0 "
                "datasets==5.2.0 psutil dill multiprocess xxhash")

@@ -32,7 +32,8 @@ from tasks.documents import Document
 from tasks.shards import ShardWriter
 from tasks.stage import InputFile, ShardUnit
 from tasks.storage import resolve
-from tasks.tokens import PackJob, TokenReader, document_ids, pack_part, tokenize_and_pack
+from tasks.tokens import PackJob, pack_part, tokenize_and_pack
+from tasks.token_reader import TokenReader, document_ids
 
 from corpora import book_paragraphs  # bench/corpora.py; the benchmarks run as python bench/<name>.py
 

@@ -1,7 +1,7 @@
 """`tokenize`: documents -> token ids with <s>/</s> -> rows of seq_len + 1 -> shuffled Parquet shards.
 
 Data-parallel on Ray; the output stage (default ``<data>/tokens``) is what training reads with
-`tasks.tokens.TokenReader` (disjoint rows per rank, exact resume).
+`tasks.token_reader.TokenReader` (disjoint rows per rank, exact resume).
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ from tasks.shards import read_part
 from tasks.stage import ShardUnit, units_from_stage
 from tasks.storage import resolve
 from tasks.tokenizer import Tokenizer
-from tasks.tokens import TokenReader
+from tasks.token_reader import TokenReader
 
 
 @dataclass(frozen=True)

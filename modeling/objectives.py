@@ -26,7 +26,7 @@ from torch import Tensor
 from modeling.llama import IGNORE_INDEX
 from tasks.shards import MANIFEST, SUCCESS
 from tasks.storage import resolve
-from tasks.tokens import PackedRow, ReaderPosition, TokenReader, document_ids
+from tasks.token_reader import PackedRow, ReaderPosition, TokenReader, document_ids
 
 if TYPE_CHECKING:
     from modeling.run_config import RunConfig

@@ -46,7 +46,7 @@ from tasks.preferences.records import RATINGS, margin
 from tasks.reward_tokens import UNRATED, answer_ends
 from tasks.settings import default_data_root
 from tasks.tokenizer import Tokenizer
-from tasks.tokens import PackedRow, TokenReader, document_ids
+from tasks.token_reader import PackedRow, TokenReader, document_ids
 
 MarginTable = Literal["none", "small", "large"]
 HF_UNK_ID = 0  # LLaMA's SentencePiece <unk>: no encoding with byte fallback ends with it (see save_reward_hf)

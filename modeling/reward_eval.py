@@ -18,7 +18,7 @@ import torch
 from modeling.reward import RewardModel, batch_of_pairs, margin_table
 from tasks.preferences.records import RATINGS
 from tasks.reward_tokens import UNRATED
-from tasks.tokens import TokenReader
+from tasks.token_reader import TokenReader
 
 UNRATED_NAME = "unrated"
 

@@ -20,7 +20,7 @@ from tasks.reward_tokens import pack_pairs, rating_code
 from tasks.synthetic.comparisons import make_comparisons
 from tasks.synthetic.instructions import tokenizer_texts
 from tasks.tokenizer import export_hf, train_tokenizer
-from tasks.tokens import PackedRow
+from tasks.token_reader import PackedRow
 
 BENCH = Path(__file__).resolve().parents[2] / "bench" / "reward.py"
 ROW_TOKENS = 64  # leaves some synthetic comparisons out as too long, and fits two of others

@@ -4,7 +4,7 @@ import json
 
 from flows.tokenizer import TrainTokenizerConfig, train_tokenizer_flow
 from tasks.tokenizer import Tokenizer
-from tasks.tokens import TokenReader
+from tasks.token_reader import TokenReader
 
 
 def test_train_on_the_curated_stage_then_reuse_it_as_an_existing_one(demo_run, tmp_path):

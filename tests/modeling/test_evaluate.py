@@ -23,7 +23,8 @@ from tasks.stage import InputFile, ShardUnit
 from tasks.storage import resolve
 from tasks.synthetic.benchmarks import corpus_documents, write_synthetic_tasks
 from tasks.tokenizer import train_tokenizer
-from tasks.tokens import TokenReader, pack_stream, row_doc_starts, write_rows_stage
+from tasks.tokens import pack_stream, row_doc_starts, write_rows_stage
+from tasks.token_reader import TokenReader
 from tests.modeling.helpers import random_model, tiny_config
 
 pytestmark = [

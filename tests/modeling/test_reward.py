@@ -36,7 +36,8 @@ from tasks.reward_tokens import UNRATED, answer_ends, pack_comparisons, pack_pai
 from tasks.synthetic.comparisons import GAP_RATINGS, make_comparisons
 from tasks.synthetic.instructions import tokenizer_texts
 from tasks.tokenizer import train_tokenizer
-from tasks.tokens import PackedRow, TokenReader, write_rows_stage
+from tasks.tokens import write_rows_stage
+from tasks.token_reader import PackedRow, TokenReader
 from tests.modeling.helpers import assert_equal_within, random_model, tiny_config, write_token_stage
 
 pytestmark = [

@@ -25,7 +25,8 @@ from tasks.dialogues.readers import HHReader, MessagesReader
 from tasks.sft_tokens import pack_dialogues
 from tasks.synthetic.instructions import check_answer, make_instructions, split_heldout, tokenizer_texts, write_jsonl
 from tasks.tokenizer import train_tokenizer
-from tasks.tokens import PackedRow, RowBuilder
+from tasks.tokens import RowBuilder
+from tasks.token_reader import PackedRow
 from tests.modeling.helpers import random_model, tiny_config, write_token_stage
 
 pytestmark = [

@@ -15,7 +15,8 @@ from tasks.dialogues.readers import MessagesReader
 from tasks.sft_tokens import pack_dialogues
 from tasks.synthetic.instructions import make_instructions, tokenizer_texts, write_jsonl
 from tasks.tokenizer import train_tokenizer
-from tasks.tokens import RowBuilder, TokenReader, document_ids
+from tasks.tokens import RowBuilder
+from tasks.token_reader import TokenReader, document_ids
 
 SEQ_LEN = 63
 

@@ -14,14 +14,8 @@ from tasks.executor import WHOLE_STAGE, Marker, read_marker
 from tasks.shards import ShardWriter
 from tasks.stage import InputFile, ShardUnit
 from tasks.storage import resolve
-from tasks.tokens import (
-    ReaderPosition,
-    TokenReader,
-    document_ids,
-    pack_stream,
-    token_type,
-    tokenize_and_pack,
-)
+from tasks.tokens import pack_stream, token_type, tokenize_and_pack
+from tasks.token_reader import ReaderPosition, TokenReader, document_ids
 
 SEQ_LEN = 31
 WORDS = "the quick brown fox jumps over a lazy dog near river and mountain in old city".split()
