@@ -154,8 +154,9 @@ class RolloutSource:
     """A rank's micro batches of the current iteration's rollouts; its state is {"iteration", "row"}."""
 
     def __init__(self, root: str, seed: int, rank: int, world_size: int, device: torch.device,
-                 position: dict[str, Any] | None) -> None:
+                 position: dict[str, Any] | None, seq_len: int) -> None:
         self.root, self.seed, self.rank, self.world_size, self.device = root, seed, rank, world_size, device
+        self.seq_len = seq_len
         position = position or {"iteration": 0, "row": 0}
         self.iteration, self.row = int(position["iteration"]), int(position["row"])
         self._rows: list[dict[str, Any]] | None = None  # read when first needed: the stage may come later
@@ -180,7 +181,12 @@ class RolloutSource:
         order = iteration_order(self.seed, self.iteration, len(stage_rows))
         mine = order[self.row:taken][self.rank::self.world_size]
         self.row = taken
-        return batch_of_rollouts([stage_rows[i] for i in mine], self.device)
+        batch = batch_of_rollouts([stage_rows[i] for i in mine], self.device)
+        if batch.inputs.shape[1] > self.seq_len:
+            raise ValueError(f"PPO iteration {self.iteration}: a prompt + answer of {batch.inputs.shape[1] + 1} "
+                             f"tokens exceeds the run's seq_len {self.seq_len} + 1; sample shorter answers or "
+                             f"raise seq_len")
+        return batch
 
 
 class PPORollouts:
@@ -208,7 +214,8 @@ class PPORollouts:
         if validation:
             raise ValueError("PPO has no validation set: each iteration's rollouts are its measurements "
                              "(their manifests); leave validation.interval_steps at 0")
-        return RolloutSource(self.config.data, self.config.seed, rank, world_size, device, position)
+        config = self.config
+        return RolloutSource(config.data, config.seed, rank, world_size, device, position, config.seq_len)
 
     def loss(self, model: nn.Module, batch: PPOBatch) -> LossWithCounts:
         config = self.config

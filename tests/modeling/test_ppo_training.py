@@ -172,3 +172,19 @@ def test_the_run_starts_from_the_chat_and_reward_models_and_exports_both(tmp_pat
     backbone_only = ppo_config(tmp_path, "init", 1, init=str(tmp_path / "chat")).initial_weights()
     assert torch.equal(backbone_only["value.backbone.layers.0.attention.wq.weight"],
                        chat.state_dict()["layers.0.attention.wq.weight"])
+
+
+def test_activation_checkpointing_reaches_both_models_blocks_and_changes_no_loss(tmp_path):
+    config = ppo_config(tmp_path, "plain", 1)
+    torch.manual_seed(config.seed)
+    model = config.new_model()
+    write_iteration(config, model, copy.deepcopy(model.policy), 0)
+    plain = Trainer(config).train_step()
+    checkpointed_config = ppo_config(tmp_path, "checkpointed", 1, data=config.data,
+                                     parallelism={"activation_checkpointing": "all"})
+    checkpointed = Trainer(checkpointed_config)
+    wrapped = [type(block).__name__ for block in (*checkpointed.model.policy.layers, *checkpointed.model.value.layers)]
+    assert wrapped == ["CheckpointWrapper"] * 4
+    metrics = checkpointed.train_step()
+    assert metrics["loss"] == pytest.approx(plain["loss"], rel=1e-6, abs=1e-7)
+    assert metrics["value_loss"] == pytest.approx(plain["value_loss"], rel=1e-6)
