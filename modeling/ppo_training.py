@@ -251,7 +251,8 @@ class PPOConfig(FineTuningConfig):
     mini_batch_samples: int = Field(64, ge=1, description="Samples an optimizer step")
     clip_ratio: float = Field(0.2, gt=0, lt=1)
     value_clip: float = Field(0.2, gt=0)
-    value_loss_coef: float = Field(0.1, ge=0)
+    value_loss_coef: float = Field(0.1, ge=0, description="The value loss's weight in the one loss (Llama 2 gives "
+                                                          "none; TRL's default)")
     kl_beta: float = Field(0.01, ge=0, description="Llama 2: 0.01 for 7B/13B, 0.005 for 34B/70B")
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(0.95, ge=0, le=1)
@@ -304,6 +305,13 @@ class PPOConfig(FineTuningConfig):
     def rollout_settings(self) -> RolloutSettings:
         return RolloutSettings(beta=self.kl_beta, gamma=self.gamma, lam=self.lam, temperature=self.temperature,
                                max_mean_kl=self.max_mean_kl, max_mean_length=self.max_mean_length)
+
+    def reference_folder(self) -> Path:
+        """The frozen reference's weights (the round's starting model, `init`): what the flow loads to
+        score reference log-probs (modeling.model_folders.load_model)."""
+        if self.init is None:
+            raise ValueError("a PPO run's reference is its init model, and init is not set")
+        return base_model_folder(self.init)
 
     def path_fields(self) -> tuple[str, ...]:
         return (*super().path_fields(), "value_init")

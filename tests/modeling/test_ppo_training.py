@@ -168,6 +168,14 @@ def test_the_run_starts_from_the_chat_and_reward_models_and_exports_both(tmp_pat
     assert all(torch.equal(load_hf(exported).state_dict()[k], v) for k, v in chat.state_dict().items())
     assert all(torch.equal(load_reward_hf(exported / "value").state_dict()[k], v)
                for k, v in reward.state_dict().items())
+    # Through the core: a Trainer starts from both and exports both.
+    write_iteration(config, model, chat, 0)
+    trainer = Trainer(config, initial_weights=weights)
+    assert all(torch.equal(trainer.model.state_dict()[k], v) for k, v in weights.items())
+    through_core = trainer.export_hf(tmp_path / "through-core")
+    assert all(torch.equal(load_reward_hf(through_core / "value").state_dict()[k], v)
+               for k, v in reward.state_dict().items())
+    assert config.reference_folder() == tmp_path / "chat"
     # Without a reward model the value model is the chat model's backbone under a seeded score head.
     backbone_only = ppo_config(tmp_path, "init", 1, init=str(tmp_path / "chat")).initial_weights()
     assert torch.equal(backbone_only["value.backbone.layers.0.attention.wq.weight"],
