@@ -5,11 +5,16 @@ small set), the KL to the reference bounded, and exact resume across an iteratio
 from __future__ import annotations
 
 import copy
+import datetime
+import os
+import socket
 import time
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from modeling.checkpoints import load_hf, save_hf
 from modeling.generate import Sampling, generate
@@ -196,3 +201,38 @@ def test_activation_checkpointing_reaches_both_models_blocks_and_changes_no_loss
     metrics = checkpointed.train_step()
     assert metrics["loss"] == pytest.approx(plain["loss"], rel=1e-6, abs=1e-7)
     assert metrics["value_loss"] == pytest.approx(plain["value_loss"], rel=1e-6)
+
+
+def _ddp_worker(rank: int, port: int, settings: dict, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    try:
+        trainer = Trainer(PPOConfig.model_validate(settings))
+        history = trainer.train(until=2)
+        if rank == 0:
+            torch.save({"history": history, "weights": trainer.model.state_dict()}, out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(180)
+def test_two_ddp_ranks_train_as_one_process_on_the_whole_mini_batch(tmp_path):
+    config = ppo_config(tmp_path, "one", 1)
+    torch.manual_seed(config.seed)
+    model = config.new_model()
+    write_iteration(config, model, copy.deepcopy(model.policy), 0)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = str(tmp_path / "ddp.pt")
+    settings = config.model_dump() | {"run_name": "two"}
+    mp.spawn(_ddp_worker, args=(port, settings, out), nprocs=2, join=True)
+    distributed = torch.load(out)
+    one = Trainer(config)
+    history = one.train(until=2)
+    for got, expected in zip(distributed["history"], history):
+        for name in ("loss", "value_loss", "approx_kl", "clip_fraction", "loss_tokens"):
+            assert got[name] == pytest.approx(expected[name], rel=1e-5, abs=1e-7), name
+    for name, tensor in one.model.state_dict().items():
+        assert torch.allclose(distributed["weights"][name], tensor, atol=1e-5), name
