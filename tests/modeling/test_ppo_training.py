@@ -91,8 +91,8 @@ def test_ppo_raises_a_known_reward_while_the_kl_penalty_holds_the_policy_near_th
     started = time.perf_counter()
     runs = {beta: run_ppo(ppo_config(tmp_path, f"beta-{beta}", iterations, kl_beta=beta), iterations,
                           trainer_per_iteration=True) for beta in (0.05, 0.5)}
-    rewards = {beta: [m["reward_helpful"] for m in manifests] for beta, (manifests, _) in runs.items()}
-    kls = {beta: [m["kl"] for m in manifests] for beta, (manifests, _) in runs.items()}
+    rewards = {beta: [round(m["reward_helpful"], 3) for m in manifests] for beta, (manifests, _) in runs.items()}
+    kls = {beta: [round(m["kl"], 3) for m in manifests] for beta, (manifests, _) in runs.items()}
     manifests, history = runs[0.05]
     print(f"PPO on a known reward, 2 x {len(history)} steps in {time.perf_counter() - started:.1f} s: mean reward by "
           f"iteration {rewards}, KL to the reference {kls}, value loss {history[0]['value_loss']:.3f} -> "
