@@ -196,17 +196,20 @@ class PPORollouts:
         self.config = config
 
     def check_data(self) -> dict[str, Any]:
-        """The first iteration's rollouts are there, of the configured size, and fit seq_len."""
+        """The rollouts of the last iteration the job trains are there (of the first, for a job of every
+        iteration: later ones are written as the run goes), of the configured size, and fit seq_len."""
         config = self.config
-        manifest = finished_rollouts(config.data, 0)
+        iteration = config.through_iteration or 0
+        manifest = finished_rollouts(config.data, iteration)
         if manifest is None:
-            read_rollouts(config.data, 0)  # raises, naming the stage
+            read_rollouts(config.data, iteration)  # raises, naming the stage
         if manifest["samples"] != config.batch_samples:
-            raise ValueError(f"{config.data}: iteration 0 holds {manifest['samples']} rollouts, the run takes "
-                             f"batch_samples {config.batch_samples} an iteration")
+            raise ValueError(f"{config.data}: iteration {iteration} holds {manifest['samples']} rollouts, the run "
+                             f"takes batch_samples {config.batch_samples} an iteration")
         if manifest["max_sequence_tokens"] - 1 > config.seq_len:
-            raise ValueError(f"{config.data}: iteration 0's longest prompt + answer has {manifest['max_sequence_tokens']} "
-                             f"tokens; seq_len ({config.seq_len}) must be at least {manifest['max_sequence_tokens'] - 1}")
+            raise ValueError(f"{config.data}: iteration {iteration}'s longest prompt + answer has "
+                             f"{manifest['max_sequence_tokens']} tokens; seq_len ({config.seq_len}) must be at least "
+                             f"{manifest['max_sequence_tokens'] - 1}")
         return manifest
 
     def open(self, rank: int, world_size: int, device: torch.device, position: dict[str, Any] | None = None,
@@ -260,6 +263,9 @@ class PPOConfig(FineTuningConfig):
     max_mean_kl: float = Field(30.0, gt=0, description="An iteration whose answers' mean KL to the reference "
                                                        "(nats) exceeds this stops the run")
     max_mean_length: float = Field(1024.0, gt=0, description="Likewise the mean answer length in tokens")
+    through_iteration: int | None = Field(None, ge=0, description="A job that trains only up to the end of this "
+                                                                 "iteration (the rlhf flow runs one per iteration, "
+                                                                 "after writing its rollouts); None: to the last")
     optimizer: OptimizerOptions = OptimizerOptions(lr=1e-6)
     schedule: ScheduleOptions = ScheduleOptions(warmup_steps=0, final_lr_ratio=1.0)
 
@@ -286,6 +292,9 @@ class PPOConfig(FineTuningConfig):
         if self.batch_samples % self.mini_batch_samples:
             raise ValueError(f"batch_samples ({self.batch_samples}) is not a whole number of mini-batches of "
                              f"{self.mini_batch_samples}")
+        if self.through_iteration is not None and self.through_iteration >= self.iterations:
+            raise ValueError(f"through_iteration {self.through_iteration} is past the run's last iteration "
+                             f"({self.iterations - 1})")
         if self.steps_per_iteration % self.checkpoint.interval_steps:
             raise ValueError(f"checkpoint.interval_steps ({self.checkpoint.interval_steps}) must divide the "
                              f"{self.steps_per_iteration} steps of an iteration: the next iteration resumes from "
@@ -301,6 +310,11 @@ class PPOConfig(FineTuningConfig):
     @property
     def total_steps(self) -> int:
         return self.iterations * self.steps_per_iteration
+
+    @property
+    def stop_step(self) -> int:
+        last = self.iterations - 1 if self.through_iteration is None else self.through_iteration
+        return (last + 1) * self.steps_per_iteration
 
     def rollout_settings(self) -> RolloutSettings:
         return RolloutSettings(beta=self.kl_beta, gamma=self.gamma, lam=self.lam, temperature=self.temperature,
@@ -371,7 +385,7 @@ def debug_run(**overrides: Any) -> PPOConfig:
     within a few iterations."""
     settings: dict[str, Any] = dict(
         run_name="ppo-debug", model="debug", data=f"{default_data_root()}/demo/ppo-rollouts",
-        init=f"{default_data_root()}/demo/runs/demo-sft", value_init=f"{default_data_root()}/demo/runs/reward-debug",
+        init=f"{default_data_root()}/demo/runs/demo-sft", value_init=f"{default_data_root()}/demo/runs/demo-reward",
         iterations=4, batch_samples=32, mini_batch_samples=8, seq_len=255, micro_batch_rows=4, kl_beta=0.05,
         max_mean_length=200, optimizer={"lr": 1e-5}, scaling={"num_workers": 2, "cpus_per_worker": 0.5},
     )

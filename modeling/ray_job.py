@@ -54,7 +54,7 @@ S3_ENV = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS
 # The run kinds a job can be given, by the module that defines each config (imported when needed,
 # so this module does not depend on any objective).
 RUN_KINDS = {"pretrain": "modeling.pretrain:PretrainConfig", "sft": "modeling.sft:SFTConfig",
-             "reward": "modeling.reward:RewardConfig"}
+             "reward": "modeling.reward:RewardConfig", "ppo": "modeling.ppo_training:PPOConfig"}
 
 
 def config_class(kind: str) -> type[RunConfig]:
@@ -181,7 +181,7 @@ def train_loop_per_worker(payload: dict[str, Any]) -> None:
                           ray_checkpoint=ray_checkpoint.path if ray_checkpoint else None,
                           world_size=trainer.world_size, total_steps=config.total_steps)
 
-    while trainer.step < config.total_steps:
+    while trainer.step < config.stop_step:
         metrics = trainer.train_step()
         if trainer.validation_due():
             metrics.update(trainer.validation_metrics())

@@ -199,6 +199,12 @@ class RunConfig(Strict):
         return self.steps if self.steps is not None else self.train_tokens // self.global_batch_tokens
 
     @property
+    def stop_step(self) -> int:
+        """The step a training job runs to: the run's last, unless the run is trained in parts (a
+        PPO run trains one iteration a job, after that iteration's rollouts are written)."""
+        return self.total_steps
+
+    @property
     def warmup_steps(self) -> int:
         """schedule.warmup_steps, or schedule.warmup_share of the run's steps where that is more."""
         return max(self.schedule.warmup_steps, math.ceil(self.schedule.warmup_share * self.total_steps))

@@ -170,7 +170,8 @@ class Trainer:
 
     def checkpoint_due(self) -> bool:
         interval = self.config.checkpoint.interval_steps
-        return (bool(interval) and self.step % interval == 0) or self.step == self.config.total_steps
+        return (bool(interval) and self.step % interval == 0) or self.step in (self.config.total_steps,
+                                                                                self.config.stop_step)
 
     @torch.no_grad()
     def validation_metrics(self) -> dict[str, float]:
@@ -199,10 +200,10 @@ class Trainer:
                 **{f"validation_{name}": value.item() / total_tokens for name, value in unit_counts.items()}}
 
     def train(self, until: int | None = None) -> list[dict]:
-        """Steps until the run's total (or step `until`), checkpointing into the run folder at the
+        """Steps until the job's stop step (or step `until`), checkpointing into the run folder at the
         interval and at the end."""
         history = []
-        while self.step < (self.config.total_steps if until is None else until):
+        while self.step < (self.config.stop_step if until is None else until):
             metrics = self.train_step()
             if self.validation_due():
                 metrics.update(self.validation_metrics())

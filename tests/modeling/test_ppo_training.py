@@ -132,6 +132,24 @@ def test_the_next_iteration_must_exist_before_it_is_trained(tmp_path):
         Trainer(ppo_config(tmp_path, "missing", 2, batch_samples=64))
 
 
+def test_a_job_of_one_iteration_stops_and_checkpoints_at_its_end(tmp_path):
+    """The rlhf flow trains iteration i as its own job, `through_iteration` i, after writing its rollouts."""
+    config = ppo_config(tmp_path, "jobs", 3, through_iteration=0)
+    assert (config.stop_step, config.total_steps) == (4, 12)
+    torch.manual_seed(config.seed)
+    model = config.new_model()
+    write_iteration(config, model, copy.deepcopy(model.policy), 0)
+    first = Trainer(config)
+    assert len(first.train()) == 4 and first.run_folder.checkpoint_steps() == [4]
+    with pytest.raises(FileNotFoundError, match="no finished rollouts of PPO iteration 1"):
+        Trainer(config.model_copy(update={"through_iteration": 1}))
+    write_iteration(config, first.model, copy.deepcopy(model.policy), 1)
+    second = Trainer(config.model_copy(update={"through_iteration": 1}))
+    assert second.step == 4 and len(second.train()) == 4 and second.step == 8
+    with pytest.raises(ValueError, match="through_iteration 3 is past the run's last iteration"):
+        ppo_config(tmp_path, "jobs", 3, through_iteration=3)
+
+
 def test_the_config_is_a_step_a_mini_batch_and_a_checkpoint_an_iteration(tmp_path):
     config = ppo_config(tmp_path, "c", 3)
     assert config.kind == "ppo" and config.steps_per_iteration == 4 and config.total_steps == 12
