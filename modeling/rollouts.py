@@ -68,7 +68,7 @@ class RolloutBlewUp(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Sample:
+class RolloutSample:
     prompt: ChatPrompt  # the dialogue the reward models read the answer within
     prompt_ids: Sequence[int]  # what the policy was prompted with (tasks.chat_format.encode_prompt)
     answer_ids: Sequence[int]  # what it drew
@@ -151,13 +151,13 @@ def answer_layout(prompt_ids: Sequence[Sequence[int]], answer_ids: Sequence[Sequ
 # ---------------------------------------------------------------------------------- each role's scores
 
 
-def _batches(samples: Sequence[Sample], batch_size: int):
+def _batches(samples: Sequence[RolloutSample], batch_size: int):
     for start in range(0, len(samples), batch_size):
         yield samples[start:start + batch_size]
 
 
 @torch.inference_mode()
-def answer_logprobs_of(model: Llama, samples: Sequence[Sample], *, temperature: float = 1.0,
+def answer_logprobs_of(model: Llama, samples: Sequence[RolloutSample], *, temperature: float = 1.0,
                        batch_size: int = 16) -> list[np.ndarray]:
     """Per sample, (answer length,) log-probs of its answer tokens under `model` at `temperature`."""
     model.eval()
@@ -171,7 +171,7 @@ def answer_logprobs_of(model: Llama, samples: Sequence[Sample], *, temperature: 
 
 
 @torch.inference_mode()
-def answer_values(value_model: RewardModel, samples: Sequence[Sample], *, batch_size: int = 16) -> list[np.ndarray]:
+def answer_values(value_model: RewardModel, samples: Sequence[RolloutSample], *, batch_size: int = 16) -> list[np.ndarray]:
     """Per sample, (answer length,) value estimates at the positions predicting its answer tokens."""
     value_model.eval()
     device = value_model.score.weight.device
@@ -189,7 +189,7 @@ def values_at_every_position(value_model: RewardModel, inputs: Tensor) -> Tensor
     return value_model(inputs, positions)
 
 
-def answer_scores(reward_model: RewardModel, tokenizer: Tokenizer, samples: Sequence[Sample], *,
+def answer_scores(reward_model: RewardModel, tokenizer: Tokenizer, samples: Sequence[RolloutSample], *,
                   batch_size: int = 16) -> np.ndarray:
     """(len(samples),) raw scores of each answer (its text, in the chat encoding of its dialogue)."""
     answers = [answer_text(tokenizer, s.answer_ids) for s in samples]
@@ -203,7 +203,7 @@ def answer_scores(reward_model: RewardModel, tokenizer: Tokenizer, samples: Sequ
 class Rollouts:
     """An iteration's samples and, per sample, its scores and per-answer-token PPO targets."""
 
-    samples: list[Sample]
+    samples: list[RolloutSample]
     helpful: np.ndarray  # (N,) raw helpfulness scores
     safety: np.ndarray  # (N,) raw safety scores
     gated: np.ndarray  # (N,) logit(R_c)
@@ -224,7 +224,8 @@ class Rollouts:
     def summary(self) -> dict[str, float]:
         lengths = self.lengths
         return {"samples": len(self.samples), "reward_helpful": float(self.helpful.mean()),
-                "reward_safety": float(self.safety.mean()), "reward_gated": float(self.gated.mean()),
+                "reward_safety": None if np.isnan(self.safety).all() else float(self.safety.mean()),
+                "reward_gated": float(self.gated.mean()),
                 "safety_share": float(self.used_safety.mean()), "kl": float(self.kl.mean()),
                 "kl_per_token": float(self.kl.sum() / lengths.sum()), "response_length": float(lengths.mean()),
                 "max_sequence_tokens": int(max(len(s.prompt_ids) + len(s.answer_ids) for s in self.samples))}
@@ -252,25 +253,37 @@ def padded(per_sample: Sequence[Sequence[float]]) -> tuple[Tensor, Tensor]:
     return values, mask
 
 
-def assemble_rollouts(samples: Sequence[Sample], old_logprobs: Sequence[np.ndarray], ref_logprobs: Sequence[np.ndarray],
-                      values: Sequence[np.ndarray], helpful: np.ndarray, safety: np.ndarray,
+def assemble_rollouts(samples: Sequence[RolloutSample], old_logprobs: Sequence[np.ndarray], ref_logprobs: Sequence[np.ndarray],
+                      values: Sequence[np.ndarray], helpful: np.ndarray, safety: np.ndarray | None,
                       settings: RolloutSettings) -> Rollouts:
-    """PPO's targets from each role's scores (all in sample order), computed in float64."""
+    """PPO's targets from each role's scores (all in sample order), computed in float64. Without a
+    safety model (`safety` None) R_c is the helpfulness score everywhere, and a prompt tagged unsafe,
+    which only the safety model may judge, is refused."""
     lengths = [len(s.answer_ids) for s in samples]
     for name, arrays in (("old_logprobs", old_logprobs), ("ref_logprobs", ref_logprobs), ("values", values)):
         got = [len(a) for a in arrays]
         if got != lengths:
             raise ValueError(f"{name}: one value per answer token of each sample is needed; lengths {got[:8]} "
                              f"against answers of {lengths[:8]} tokens")
+    helpfulness_only = safety is None
+    if helpfulness_only:
+        unsafe_prompts = [s.prompt.where for s in samples if s.unsafe]
+        if unsafe_prompts:
+            raise ValueError(f"{len(unsafe_prompts)} prompts are tagged unsafe (e.g. {unsafe_prompts[0]}) but there is "
+                             f"no safety reward model to judge their answers")
+        safety = np.full(len(samples), np.nan)
     if len(helpful) != len(samples) or len(safety) != len(samples):
         raise ValueError(f"{len(samples)} samples but {len(helpful)} helpfulness and {len(safety)} safety scores")
     logprobs, mask = padded(old_logprobs)
     reference, _ = padded(ref_logprobs)
     value, _ = padded(values)
     unsafe = torch.tensor([bool(s.unsafe) for s in samples])
-    gated, used_safety = gated_scores(torch.as_tensor(np.asarray(helpful, np.float64)),
-                                      torch.as_tensor(np.asarray(safety, np.float64)), unsafe,
-                                      settings.safety_threshold)
+    if helpfulness_only:
+        gated, used_safety = torch.as_tensor(np.asarray(helpful, np.float64)), torch.zeros(len(samples), dtype=torch.bool)
+    else:
+        gated, used_safety = gated_scores(torch.as_tensor(np.asarray(helpful, np.float64)),
+                                          torch.as_tensor(np.asarray(safety, np.float64)), unsafe,
+                                          settings.safety_threshold)
     score = whiten(gated)
     kl = kl_estimate(logprobs, reference, mask)
     rewards = token_rewards(kl, score, mask, settings.beta)
@@ -288,7 +301,30 @@ def assemble_rollouts(samples: Sequence[Sample], old_logprobs: Sequence[np.ndarr
                     used_safety.numpy(), score.numpy(), per_token)
 
 
-def score_rollouts(samples: Sequence[Sample], *, policy: Llama, reference: Llama, value_model: RewardModel,
+ROLES = ("policy", "reference", "value", "helpfulness", "safety")
+
+
+def score_role(samples: Sequence[RolloutSample], role: str, folder: str, *, temperature: float = 1.0,
+               batch_size: int = 16) -> list[np.ndarray] | np.ndarray:
+    """One role's scores of the samples, its model loaded from `folder` (what a Ray task of the
+    flow runs for each role at once): `policy` and `reference` answer log-probs (a language model
+    folder), `value` values and `helpfulness` / `safety` scores (a reward model folder)."""
+    from modeling.model_folders import load_model
+    from modeling.reward import load_reward_hf
+    from modeling.sft import base_model_folder
+
+    if role in ("policy", "reference"):
+        return answer_logprobs_of(load_model(folder), samples, temperature=temperature, batch_size=batch_size)
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}; the roles are {', '.join(ROLES)}")
+    export = base_model_folder(folder)
+    model = load_reward_hf(export)
+    if role == "value":
+        return answer_values(model, samples, batch_size=batch_size)
+    return answer_scores(model, Tokenizer.load(export / "tokenizer.model"), samples, batch_size=batch_size)
+
+
+def score_rollouts(samples: Sequence[RolloutSample], *, policy: Llama, reference: Llama, value_model: RewardModel,
                    helpful_model: RewardModel, safety_model: RewardModel, tokenizer: Tokenizer,
                    settings: RolloutSettings, batch_size: int = 16) -> Rollouts:
     """Every role's scores in this process, then PPO's targets."""

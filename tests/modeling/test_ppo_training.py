@@ -21,7 +21,7 @@ from modeling.generate import Sampling, generate
 from modeling.ppo_training import PPOConfig, PolicyAndValue, debug_run, llama2_7b_chat_run
 from modeling.reward import load_reward_hf, save_reward_hf
 from modeling.rollouts import (
-    Sample,
+    RolloutSample,
     answer_logprobs_of,
     answer_values,
     assemble_rollouts,
@@ -48,7 +48,7 @@ def ppo_config(tmp_path, name: str, iterations: int, **overrides) -> PPOConfig:
     return PPOConfig.model_validate(settings | overrides)
 
 
-def known_reward(samples: list[Sample]) -> np.ndarray:
+def known_reward(samples: list[RolloutSample]) -> np.ndarray:
     return np.array([np.mean(np.asarray(s.answer_ids) < GOOD_TOKENS) for s in samples])
 
 
@@ -59,7 +59,7 @@ def write_iteration(config: PPOConfig, model: PolicyAndValue, reference, iterati
     prompt_ids = [rng.integers(GOOD_TOKENS, 96, PROMPT_TOKENS).tolist() for _ in range(config.batch_samples)]
     answers = generate(model.policy, prompt_ids, max_new_tokens=ANSWER_TOKENS, sampling=Sampling(temperature=1.0),
                        seed=iteration)
-    samples = [Sample(ChatPrompt(f"p:{n}", (Message("user", "q"),)), p, a)
+    samples = [RolloutSample(ChatPrompt(f"p:{n}", (Message("user", "q"),)), p, a)
                for n, (p, a) in enumerate(zip(prompt_ids, answers))]
     settings = config.rollout_settings()
     rollouts = assemble_rollouts(samples, answer_logprobs_of(model.policy, samples),

@@ -12,13 +12,14 @@ import pytest
 import torch
 
 from modeling.chat_eval import answer_text, score_answers
+from modeling.checkpoints import save_hf
 from modeling.generate import Sampling, generate
 from modeling.llama import IGNORE_INDEX
-from modeling.reward import RewardModel, score_sequences
+from modeling.reward import RewardModel, save_reward_hf, score_sequences
 from modeling.rollouts import (
     RolloutBlewUp,
     RolloutSettings,
-    Sample,
+    RolloutSample,
     answer_layout,
     answer_logprobs_of,
     answer_values,
@@ -26,6 +27,7 @@ from modeling.rollouts import (
     finished_rollouts,
     iteration_stage,
     read_rollouts,
+    score_role,
     score_rollouts,
     write_rollouts,
 )
@@ -43,9 +45,9 @@ def prompt(n: int) -> ChatPrompt:
     return ChatPrompt(f"prompts.jsonl:{n}", (Message("user", f"question {n}"),))
 
 
-def samples_of(prompt_ids, answer_ids, unsafe=None) -> list[Sample]:
+def samples_of(prompt_ids, answer_ids, unsafe=None) -> list[RolloutSample]:
     unsafe = unsafe or [False] * len(prompt_ids)
-    return [Sample(prompt(n), p, a, u) for n, (p, a, u) in enumerate(zip(prompt_ids, answer_ids, unsafe))]
+    return [RolloutSample(prompt(n), p, a, u) for n, (p, a, u) in enumerate(zip(prompt_ids, answer_ids, unsafe))]
 
 
 def test_the_layout_marks_the_positions_that_predict_answer_tokens():
@@ -106,6 +108,19 @@ def test_ppo_targets_from_known_scores():
                           [np.zeros(2), np.zeros(1)], np.zeros(2), np.zeros(2), settings)
 
 
+def test_without_a_safety_model_the_helpfulness_score_decides_and_unsafe_prompts_are_refused():
+    samples = samples_of([[1, 5], [1, 6]], [[7, 2], [2]])
+    logprobs = [np.array([-1.0, -2.0]), np.array([-0.5])]
+    rollouts = assemble_rollouts(samples, logprobs, logprobs, [np.zeros(2), np.zeros(1)],
+                                 helpful=np.array([2.0, -0.5]), safety=None, settings=RolloutSettings())
+    assert rollouts.gated.tolist() == [2.0, -0.5] and not rollouts.used_safety.any()
+    assert rollouts.summary()["reward_safety"] is None and rollouts.summary()["safety_share"] == 0.0
+    unsafe = samples_of([[1, 5], [1, 6]], [[7, 2], [2]], unsafe=[False, True])
+    with pytest.raises(ValueError, match="tagged unsafe .* no safety reward model"):
+        assemble_rollouts(unsafe, logprobs, logprobs, [np.zeros(2), np.zeros(1)], np.zeros(2), None,
+                          RolloutSettings())
+
+
 def known_rollouts(kl_per_token: float) -> tuple:
     samples = samples_of([[1, 5, 9], [1, 6]], [[7, 8, 2], [2]])
     old = [np.array([-1.0, -1.0, -1.0]), np.array([-1.0])]
@@ -153,7 +168,7 @@ def test_all_roles_score_sampled_chat_answers(tmp_path):
     prompt_ids = [encode_prompt(tokenizer, p.as_dicts()) for p in prompts]
     answers = generate(policy, prompt_ids, max_new_tokens=8, sampling=Sampling(temperature=1.0), seed=0,
                        stop_tokens=[tokenizer.eos_id], vocab_size=tokenizer.vocab_size)
-    samples = [Sample(p, ids, a, unsafe=n == 2) for n, (p, ids, a) in enumerate(zip(prompts, prompt_ids, answers))]
+    samples = [RolloutSample(p, ids, a, unsafe=n == 2) for n, (p, ids, a) in enumerate(zip(prompts, prompt_ids, answers))]
     rollouts = score_rollouts(samples, policy=policy, reference=reference, value_model=value_model,
                               helpful_model=helpful_model, safety_model=safety_model, tokenizer=tokenizer,
                               settings=RolloutSettings(), batch_size=2)
@@ -163,3 +178,18 @@ def test_all_roles_score_sampled_chat_answers(tmp_path):
     assert rollouts.used_safety[2] and rollouts.gated[2] == rollouts.safety[2]
     assert [len(v) for v in rollouts.per_token["ref_logprobs"]] == [len(a) for a in answers]
     assert np.all(np.isfinite(rollouts.kl)) and not math.isclose(float(rollouts.kl.sum()), 0.0)
+
+    # Each role as a Ray task of the flow scores it: its model loaded from its exported folder.
+    spm = [str(tmp_path / "spm" / "tokenizer.model")]
+    folders = {"policy": save_hf(policy, tmp_path / "policy", tokenizer_files=spm),
+               "reference": save_hf(reference, tmp_path / "reference", tokenizer_files=spm),
+               "value": save_reward_hf(value_model, tmp_path / "value", tokenizer_files=spm),
+               "helpfulness": save_reward_hf(helpful_model, tmp_path / "helpful", tokenizer_files=spm),
+               "safety": save_reward_hf(safety_model, tmp_path / "safety", tokenizer_files=spm)}
+    by_role = {role: score_role(samples, role, str(folder), batch_size=2) for role, folder in folders.items()}
+    again = assemble_rollouts(samples, by_role["policy"], by_role["reference"], by_role["value"],
+                              by_role["helpfulness"], by_role["safety"], RolloutSettings())
+    assert np.allclose(again.gated, rollouts.gated, atol=1e-5) and np.allclose(again.kl, rollouts.kl, atol=1e-4)
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(again.per_token["values"], rollouts.per_token["values"]))
+    with pytest.raises(ValueError, match="unknown role 'critic'"):
+        score_role(samples, "critic", str(folders["value"]))
