@@ -3,12 +3,12 @@ against transformers' `generate` (LlamaForCausalLM) on the same exported model, 
 and the same batches, greedy so their outputs can be compared, in one run.
 
     python bench/sampling.py [--prompts 64] [--new-tokens 64] [--dim 256 --layers 4 --heads 4]
-                             [--batch 16] [--threads 1] [--repeats 2]
+                             [--vocab 32000] [--batch 16] [--threads 1] [--repeats 2]
 
 The prompts are synthetic instructions (tasks.synthetic.instructions) without their last answer,
 chat-encoded as the sampling stage encodes them (tasks.chat_format.encode_prompt); a SentencePiece
-tokenizer trained on their text; one seeded random LLaMA of the given shape (vocabulary = the
-tokenizer's) saved by modeling.checkpoints.save_hf, which both sides load in fp32 on `--threads`
+tokenizer trained on their text; one seeded random LLaMA of the given shape (vocabulary: the
+tokenizer's, or `--vocab`, LLaMA's 32k head, which both sides then draw from whole) saved by modeling.checkpoints.save_hf, which both sides load in fp32 on `--threads`
 threads. Both take the prompts sorted by length in batches of `--batch` (ours sorts them itself:
 that is LlamaBackend's batching), left-padded, and stop a row at EOS or after `--new-tokens`;
 transformers is given the attention mask and EOS as pad. Each side first answers one batch untimed
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> dict:
         work = Path(folder)
         tokenizer = train_tokenizer(tokenizer_texts(600), work / "tokenizer", vocab_size=600)
         prompts = prompts_of(tokenizer, args.prompts, args.seed)
-        shape = ModelConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads, vocab_size=tokenizer.vocab_size,
+        shape = ModelConfig(dim=args.dim, n_layers=args.layers, n_heads=args.heads, vocab_size=args.vocab or tokenizer.vocab_size,
                             multiple_of=64, max_seq_len=max(map(len, prompts)) + args.new_tokens)
         torch.manual_seed(args.seed)
         exported = save_hf(Llama(shape), work / "hf", tokenizer_files=[work / "tokenizer" / MODEL_FILE])
@@ -134,6 +134,7 @@ def parser() -> argparse.ArgumentParser:
     options.add_argument("--dim", type=int, default=256)
     options.add_argument("--layers", type=int, default=4)
     options.add_argument("--heads", type=int, default=4)
+    options.add_argument("--vocab", type=int, default=None, help="the model's vocabulary; default the tokenizer's")
     options.add_argument("--batch", type=int, default=16)
     options.add_argument("--threads", type=int, default=1)
     options.add_argument("--seed", type=int, default=0)

@@ -54,6 +54,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modeling.chat_eval import answer_text, prompts_that_fit
 from modeling.checkpoints import config_from_hf
+from modeling.configs import ModelConfig
 from modeling.generate import Sampling, generate
 from modeling.llama import Llama
 from modeling.model_folders import HF_CONFIG, ModelCheckpoint, folder_checkpoints, load_model
@@ -244,9 +245,9 @@ def _model_checkpoints(config: SamplingConfig) -> list[ModelCheckpoint]:
     return checkpoints
 
 
-def _context(checkpoint: ModelCheckpoint) -> int:
+def _shape(checkpoint: ModelCheckpoint) -> ModelConfig:
     config_file = checkpoint.weights / HF_CONFIG
-    return config_from_hf(json.loads(config_file.read_text()), source=config_file).max_seq_len
+    return config_from_hf(json.loads(config_file.read_text()), source=config_file)
 
 
 def _folder_sha256(folder: Path) -> dict[str, str]:
@@ -261,16 +262,21 @@ def sample_stage(prompt_sets: Sequence[str], config: SamplingConfig, stage_dir: 
     (every model of the pool must have one); with LlamaBackends of ``config.batch_size`` the stage's
     bytes are those the actors write. A given backend batches as it was made to.
     """
-    if not prompt_sets:
-        raise ValueError("sampling needs at least one prompt set")
+    if not prompt_sets or len(set(map(str, prompt_sets))) != len(prompt_sets):
+        raise ValueError(f"sampling needs one or more distinct prompt sets, got {list(prompt_sets)}")
     checkpoints = _model_checkpoints(config)
     labels = [c.label for c in checkpoints]
     if backends is not None and set(backends) != set(labels):
         raise ValueError(f"backends are given for {sorted(backends)}, the pool is {labels}")
     tokenizer_file = str(checkpoints[0].tokenizer)
     tokenizer = Tokenizer.load(tokenizer_file)
+    shapes = [_shape(c) for c in checkpoints]
+    for checkpoint, shape in zip(checkpoints, shapes):
+        if tokenizer.vocab_size > shape.vocab_size:
+            raise ValueError(f"{tokenizer_file}: {tokenizer.vocab_size} tokens do not fit the vocabulary of "
+                             f"{checkpoint.weights} ({shape.vocab_size})")
     prompts: list[ChatPrompt] = [p for path in prompt_sets for p in read_prompts(path, "refuse")[0]]
-    context = min(_context(c) for c in checkpoints)
+    context = min(shape.max_seq_len for shape in shapes)
     kept, ids, too_long = prompts_that_fit(tokenizer, prompts, context, config.max_new_tokens, "skip")
     stage = resolve(stage_dir)
     payload = {
