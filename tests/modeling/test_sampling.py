@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
+from modeling.checkpoints import save_hf
 from modeling.generate import Sampling, generate
 from modeling.model_folders import load_model
 from modeling.sampling import COLUMNS, LlamaBackend, SamplingConfig, read_samples, sample_stage, unit_seed
@@ -20,6 +21,8 @@ from tasks.benchmarks import BadInput
 from tasks.chat_format import encode_prompt
 from tasks.dialogues.prompts import read_prompts
 from tasks.shards import RECEIPTS, SUCCESS
+from tasks.tokenizer import MODEL_FILE
+from tests.modeling.helpers import random_model, tiny_config
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -177,6 +180,11 @@ def test_bad_prompt_lines_and_configs_are_refused_before_any_sampling(tmp_path, 
             config_of(**({"models": pool} | bad))
     with pytest.raises(FileNotFoundError, match="no such folder"):
         sample_stage([str(path)], config_of([str(tmp_path / "missing")]), str(tmp_path / "stage"))
+    narrow = save_hf(random_model(tiny_config(vocab_size=300)), tmp_path / "narrow",
+                     tokenizer_files=[Path(pool[0]) / MODEL_FILE])
+    with pytest.raises(ValueError, match=f"600 tokens do not fit the vocabulary of {narrow} \\(300\\)"):
+        sample_stage([str(path)], config_of([pool[0], str(narrow)]), str(tmp_path / "stage"))
+    assert not (tmp_path / "stage").exists()
 
 
 def test_on_ray_actors_the_stage_is_the_in_process_one(tmp_path, chat_tokenizer, pool, ray_local):
