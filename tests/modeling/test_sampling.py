@@ -122,6 +122,19 @@ def test_a_pool_samples_k_per_prompt_from_each_model_and_reconciles(tmp_path, ch
     assert [s.answer_ids for s in samples if s.model == "beta"][:4] == by_hand
 
 
+def test_the_shortest_context_of_the_pool_decides_which_prompts_fit(tmp_path, chat_tokenizer, pool,
+                                                                      chat_model_folder):
+    prompts = write_prompt_set(tmp_path / "prompts.jsonl", too_long=False)
+    lengths = [len(encode_prompt(chat_tokenizer, p.as_dicts())) for p in read_prompts(prompts)[0]]
+    short = str(chat_model_folder("short", seed=8, max_seq_len=min(lengths) + 8 + 1))
+    manifest = sample_stage([str(prompts)], config_of([pool[0], short], samples_per_prompt=1), str(tmp_path / "s"),
+                            backends=backends_of([pool[0], short], chat_tokenizer))
+    # Room for the prompt, 8 new tokens and the EOS only for the shortest prompt(s).
+    fit = sum(n + 8 + 1 <= min(lengths) + 8 + 1 for n in lengths)
+    assert manifest["prompts_sampled"] == fit and manifest["prompts_skipped"] == {"too_long": 5 - fit}
+    assert manifest["samples"] == fit * 2 and 0 < fit < 5
+
+
 def test_a_stage_redone_is_byte_identical_and_any_input_changes_it(tmp_path, chat_tokenizer, pool):
     prompts = write_prompt_set(tmp_path / "prompts.jsonl")
     backends = backends_of(pool, chat_tokenizer)
