@@ -18,7 +18,10 @@ included). Agreement: the share of prompts whose whole greedy answers are identi
 of answer tokens before the first difference (a random model's near-tied logits can flip an argmax
 between two fp32 implementations, and everything after follows the flip).
 
-`--dim 64 --layers 2 --heads 4` is the `debug` size's shape (modeling/configs.py).
+`--dim 64 --layers 2 --heads 4` is the `debug` size's shape (modeling/configs.py). On 2 shared CPU
+cores (1 thread, 64 prompts of 11-52 tokens, 64 new, batch 16, fastest of 3): debug 13,800 against
+6,950 tokens/s (2.0x); the default 3.5M model 2,890 against 2,420 (1.2x); `--dim 512 --layers 8
+--heads 8 --vocab 32000` (58M) 346 against 319 (1.08x, 13 s a side); every greedy answer identical.
 """
 
 from __future__ import annotations
