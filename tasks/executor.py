@@ -18,6 +18,8 @@ every stage:
   marker without any scope is not written, so an existing ``_SUCCESS`` means something finished.
 - :func:`run_tasks`: jobs as Ray tasks under one retry policy, results in job order, a progress
   bar on a terminal and a callback per finished job.
+- :func:`run_on_actors`: jobs on pools of Ray actors (state loaded once per actor, a model say),
+  under the same retry policy, results in job order.
 - :func:`run_marked`: a stage that resumes part by part (each part skipped by its receipt).
 - :func:`run_once`: a folder stage made in one go: wiped and redone whole when its marker is stale.
 """
@@ -27,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -217,4 +219,75 @@ def run_tasks(
             progress.advance(bar)
             if on_result is not None:
                 on_result(result)
+    return results
+
+
+def run_on_actors(
+    actor_class: type,
+    pools: Mapping[Hashable, tuple],
+    calls: Sequence[tuple[Hashable, tuple]],
+    *,
+    method: str,
+    actors_per_pool: int = 1,
+    num_cpus: float = 1,
+    label: str | None = None,
+    on_result: Callable[[Result], None] | None = None,
+) -> list[Result]:
+    """``actor.<method>(*call)`` for every ``(pool, call)`` on an actor of that pool; results in call order.
+
+    Each pool is ``actors_per_pool`` actors made by ``actor_class(*pools[pool])``: what the
+    constructor loads (a model) is loaded once per actor and serves many calls. An idle actor takes
+    its pool's next call; one whose pool has none left is ended, so a cluster too small for every
+    actor at once still finishes (the actors it could not place start as others end). Retries follow :data:`TASK_RETRIES` and :data:`TRANSIENT_ERRORS`: a dead
+    actor is restarted and its call run again, and a call that raised a transient error is run
+    again; as with :func:`run_tasks` every call must be idempotent.
+    """
+    import ray
+
+    from tasks.ray_runtime import ensure_ray
+
+    if actors_per_pool < 1:
+        raise ValueError(f"actors_per_pool must be >= 1, got {actors_per_pool}")
+    unknown = {pool for pool, _ in calls} - set(pools)
+    if unknown:
+        raise ValueError(f"calls name pools that are not given: {sorted(map(str, unknown))}")
+    ensure_ray()
+    remote_class = ray.remote(actor_class).options(num_cpus=num_cpus, max_restarts=TASK_RETRIES,
+                                                   max_task_retries=TASK_RETRIES)
+    waiting = {pool: [n for n, (key, _) in enumerate(calls) if key == pool] for pool in pools}
+    idle = {pool: [remote_class.remote(*pools[pool]) for _ in range(min(actors_per_pool, len(waiting[pool])))]
+            for pool in pools if waiting[pool]}
+    running: dict[Any, tuple[Hashable, Any, int]] = {}
+    results: list[Any] = [None] * len(calls)
+
+    def dispatch(pool: Hashable) -> None:
+        while idle[pool] and waiting[pool]:
+            actor, n = idle[pool].pop(), waiting[pool].pop(0)
+            call = getattr(actor, method).options(retry_exceptions=list(TRANSIENT_ERRORS))
+            running[call.remote(*calls[n][1])] = (pool, actor, n)
+
+    every_actor = [actor for actors in idle.values() for actor in actors]
+    try:
+        for pool in idle:
+            dispatch(pool)
+        with Progress(console=Console(stderr=True), disable=not sys.stderr.isatty(), transient=True) as progress:
+            bar = progress.add_task(label or f"{actor_class.__name__}.{method}", total=len(calls))
+            while running:
+                done, _ = ray.wait(list(running), num_returns=1)
+                pool, actor, n = running.pop(done[0])
+                results[n] = ray.get(done[0])
+                if waiting[pool]:
+                    idle[pool].append(actor)
+                    dispatch(pool)
+                else:
+                    # Its pool has no call left: its resources go to actors still waiting for some.
+                    ray.kill(actor)
+                    every_actor.remove(actor)
+                progress.advance(bar)
+                if on_result is not None:
+                    on_result(results[n])
+    finally:
+        # The actors hold what they loaded (models): freed now, not when the driver exits.
+        for actor in every_actor:
+            ray.kill(actor)
     return results

@@ -3,6 +3,8 @@
 A prompt set is a JSON lines file of ``{"messages": [{"role": ..., "content": ...}, ...], ...}``
 (other keys are kept out of the prompt), each dialogue kept to the rules of
 :func:`~tasks.dialogues.records.dialogue_problem` except that it ends with the user turn to answer.
+An optional ``"unsafe": true`` tags a prompt as adversarial (Llama 2's PPO gates its reward on it:
+the safety reward model's score counts for such a prompt); it must be a JSON boolean.
 A line that is not such a record is a :class:`~tasks.benchmarks.RecordProblem` naming the file and
 line, refused or skipped by the benchmarks' ``Policy``, never answered.
 """
@@ -17,12 +19,14 @@ from tasks.benchmarks import BadInput, Policy, RecordProblem, report_problem
 from tasks.dialogues.records import Message, Problem, as_messages, dialogue_problem
 
 MESSAGES_FIELD = "messages"
+UNSAFE_FIELD = "unsafe"
 
 
 @dataclass(frozen=True)
 class ChatPrompt:
     where: str  # "<file>:<line>", which also names the prompt across models' reports
     messages: tuple[Message, ...]
+    unsafe: bool = False  # tagged adversarial in the prompt set
 
     def as_dicts(self) -> list[dict[str, str]]:
         """The messages as `tasks.chat_format` takes them."""
@@ -46,13 +50,13 @@ def read_prompts(path: str | Path, policy: Policy = "refuse") -> tuple[list[Chat
             if isinstance(parsed, Problem):
                 report_problem(RecordProblem(where, str(parsed)), policy, problems)
             else:
-                prompts.append(ChatPrompt(where, parsed))
+                prompts.append(ChatPrompt(where, *parsed))
     if not prompts:
         raise BadInput(f"{path}: no usable prompts")
     return prompts, problems
 
 
-def _prompt_messages(line: str) -> tuple[Message, ...] | Problem:
+def _prompt_messages(line: str) -> tuple[tuple[Message, ...], bool] | Problem:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as error:
@@ -61,7 +65,10 @@ def _prompt_messages(line: str) -> tuple[Message, ...] | Problem:
         return Problem("not_an_object", f"a prompt is a JSON object, got {type(record).__name__}")
     if MESSAGES_FIELD not in record:
         return Problem("no_messages", f"field {MESSAGES_FIELD!r} missing")
+    unsafe = record.get(UNSAFE_FIELD, False)
+    if not isinstance(unsafe, bool):
+        return Problem("unsafe_not_a_bool", f"field {UNSAFE_FIELD!r} is a JSON boolean, got {json.dumps(unsafe)}")
     messages = as_messages(record[MESSAGES_FIELD])
     if isinstance(messages, Problem):
         return messages
-    return dialogue_problem(messages, last_role="user") or messages
+    return dialogue_problem(messages, last_role="user") or (messages, unsafe)

@@ -23,9 +23,8 @@ from tasks.dialogues.prompts import ChatPrompt, read_prompts
 from tasks.dialogues.records import Message
 from tasks.reward_tokens import pack_pairs
 from tasks.synthetic.comparisons import make_comparisons
-from tasks.synthetic.instructions import tokenizer_texts
-from tasks.tokenizer import train_tokenizer
 from tasks.tokens import write_rows_stage
+from tests.modeling.conftest import CHAT_VOCAB
 from tests.modeling.helpers import random_model, tiny_config
 
 pytestmark = [
@@ -33,12 +32,12 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning"),
 ]
 ROW_TOKENS = 96
-VOCAB = 600
+VOCAB = CHAT_VOCAB
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    return train_tokenizer(tokenizer_texts(600), tmp_path_factory.mktemp("spm"), vocab_size=VOCAB)
+def tokenizer(chat_tokenizer):
+    return chat_tokenizer
 
 
 def prompt_of(context, where: str) -> ChatPrompt:

@@ -21,6 +21,7 @@ from tasks.executor import (
     output_files,
     read_marker,
     run_marked,
+    run_on_actors,
     run_once,
     run_tasks,
     unmark,
@@ -198,3 +199,35 @@ def test_results_come_in_job_order_whatever_order_jobs_finish_in(tmp_path, ray_l
     results = run_tasks(waits_for, [(0, 1), (1, None)], shared=(str(tmp_path),), on_result=finished.append)
     assert finished == [1, 0]  # job 0 waited for job 1
     assert results == [0, 1]
+
+
+class Scaler:
+    """An actor's state made once (each construction leaves a file); its calls fail as stores and nodes do."""
+
+    def __init__(self, attempts_dir: str, factor: int):
+        self.attempts, self.factor = Path(attempts_dir), factor
+        (self.attempts / f"made-{factor}-{os.getpid()}").touch()
+
+    def scale(self, job: int, failure: str | None) -> int:
+        tried = self.attempts / f"{self.factor}-{job}.tried"
+        if failure and not tried.exists():
+            tried.touch()
+            if failure == "dies":
+                os._exit(1)
+            raise OSError(f"job {job}: the store did not answer")
+        return job * self.factor
+
+
+def test_actors_serve_their_pools_calls_in_call_order_and_retry_as_tasks_do(tmp_path, ray_local):
+    calls = [("tens", (0, None)), ("hundreds", (1, None)), ("tens", (2, "oserror")), ("tens", (3, None)),
+             ("hundreds", (4, "dies")), ("tens", (5, None))]
+    finished: list[int] = []
+    # Two pools of two actors on two CPUs: the actors of a drained pool make room for the others.
+    results = run_on_actors(Scaler, {"tens": (str(tmp_path), 10), "hundreds": (str(tmp_path), 100)}, calls,
+                            method="scale", actors_per_pool=2, on_result=finished.append)
+    assert results == [0, 100, 20, 30, 400, 50] and sorted(finished) == sorted(results)
+    made = [p.name for p in tmp_path.iterdir() if p.name.startswith("made-")]
+    assert len([m for m in made if m.startswith("made-10-")]) == 2  # each actor loaded once for 4 calls
+    assert len([m for m in made if m.startswith("made-100-")]) == 3  # two, and the one that died made again
+    with pytest.raises(ValueError, match="pools that are not given"):
+        run_on_actors(Scaler, {"tens": (str(tmp_path), 10)}, [("ones", (1, None))], method="scale")
