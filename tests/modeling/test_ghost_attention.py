@@ -1,5 +1,7 @@
 """Ghost Attention with a model: the metric's bookkeeping turn by turn, turns beyond the context
-not measured, and sampled training dialogues built from the model's own answers."""
+not measured, sampled training dialogues built from the model's own answers, and, learnt on a
+CPU, a model that keeps an instruction at later turns after GAtt fine-tuning where the same
+model fine-tuned on the same answers without GAtt forgets it."""
 
 from __future__ import annotations
 
@@ -8,13 +10,22 @@ import pytest
 from modeling.generate import Sampling, generate
 from modeling.ghost_attention import answer_turn_by_turn, sample_gatt_dialogues, turn_adherence
 from tasks.chat_format import encode_prompt
-from tasks.dialogues.constraints import Constraint, constraint_by_id
+from modeling.configs import ModelConfig
+from modeling.sft import SFTConfig
+from modeling.train import Trainer
+from tasks.dialogues.constraints import Constraint, all_constraints, constraint_by_id, starts_with_prefix
 from tasks.dialogues.ghost_attention import with_instruction_every_turn
-from tasks.synthetic.instructions import make_conversations, tokenizer_texts
+from tasks.dialogues.ingest import ingest_dialogues
+from tasks.dialogues.readers import MessagesReader
+from tasks.sft_tokens import pack_dialogues
+from tasks.synthetic.instructions import make_conversations, tokenizer_texts, write_jsonl
 from tasks.tokenizer import train_tokenizer
 from tests.modeling.helpers import random_model, tiny_config
 
-pytestmark = pytest.mark.usefixtures("one_thread")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning"),
+]
 ALWAYS = Constraint("test:always", "form", "Answer as you like.", lambda answer: True)
 NEVER = Constraint("test:never", "form", "Answer as you cannot.", lambda answer: False)
 
@@ -137,3 +148,68 @@ def test_gatt_dialogues_come_from_answers_with_the_instruction_in_every_turn(tok
         assert tokenizer.decode([i for i in ids if i != tokenizer.eos_id]) == answer
         turns.append({"role": "assistant", "content": answer})
     assert len(greedy.answers) == len(user_turns(dialogues[0]))
+
+
+# ------------------------------------------------------------------------------ learning, on a CPU
+
+LEARN_TASKS = ["repeat", "first", "last", "add", "capitals"]
+
+
+def instructed_every_turn(dialogue, constraint: Constraint) -> dict:
+    """The dialogue as a model that keeps the instruction answers it when given it every turn."""
+    answers = [{**m, "content": "Answer: " + m["content"]} if m["role"] == "assistant" else m
+               for m in dialogue["messages"]]
+    return {**dialogue, "id": dialogue["id"] + "-instructed", "messages": with_instruction_every_turn(answers, constraint)}
+
+
+def fine_tune(tmp_path, tokenizer, name: str, records: list[dict], steps: int, init=None):
+    write_jsonl(tmp_path / f"{name}.jsonl", records)
+    stage = ingest_dialogues(name, [str(tmp_path / f"{name}.jsonl")], str(tmp_path / name), MessagesReader())
+    packed = pack_dialogues(stage["stage_dir"], tokenizer, str(tmp_path / name), seq_len=255, seed=0)
+    shape = ModelConfig(dim=64, n_layers=2, n_heads=4, n_kv_heads=2, vocab_size=600, multiple_of=32, max_seq_len=256)
+    config = SFTConfig(run_name=name, output=str(tmp_path / "runs"), data=packed["stage_dir"], model=shape,
+                       steps=steps, seq_len=255, global_batch_tokens=8 * 255, micro_batch_rows=8, export_hf=False,
+                       optimizer={"lr": 3e-3 if init is None else 1e-3, "weight_decay": 0.0},
+                       schedule={"warmup_steps": 10})
+    trainer = Trainer(config, initial_weights=init)
+    trainer.train()
+    return trainer.model
+
+
+def test_a_gatt_fine_tuned_model_keeps_the_instruction_at_later_turns(tmp_path, ray_local):
+    prefix = constraint_by_id("form:prefix")
+    texts = tokenizer_texts(600) + [c.text for cs in all_constraints().values() for c in cs] * 5
+    tokenizer = train_tokenizer(texts + ["Answer: kiwi Answer: 4"] * 20, tmp_path / "spm", vocab_size=600)
+    # The latest model: it starts its answers with "Answer:" when every user turn asks it to.
+    base = make_conversations(800, seed=1, min_turns=1, max_turns=4, tasks=LEARN_TASKS)
+    latest = fine_tune(tmp_path, tokenizer, "latest", [instructed_every_turn(d, prefix) for d in base[:400]]
+                       + base[400:], steps=300)
+    weights = {name: tensor.clone() for name, tensor in latest.state_dict().items()}
+    # GAtt dialogues sampled from it, and the same sampled answers in their sampling form (the
+    # instruction in every turn, every answer trained), each with dialogues without instruction.
+    pool = make_conversations(300, seed=2, min_turns=2, max_turns=5, tasks=LEARN_TASKS)
+    gatt = sample_gatt_dialogues(latest, tokenizer, pool, prefix, seed=3, max_turns=5, max_new_tokens=12,
+                                 every_prefix=True)
+    longest = {record["gatt_source"]: record for record in gatt.records}  # per prefix, shortest first
+    control = [{"id": source, "messages": with_instruction_every_turn(record["messages"][1:], prefix)}
+               for source, record in longest.items()]
+    plain = make_conversations(300, seed=4, min_turns=1, max_turns=4, tasks=LEARN_TASKS)
+    with_gatt = fine_tune(tmp_path, tokenizer, "gatt", gatt.records + plain, steps=150, init=weights)
+    without_gatt = fine_tune(tmp_path, tokenizer, "control", control + plain, steps=150, init=weights)
+
+    test = make_conversations(40, seed=99, min_turns=6, max_turns=6, tasks=LEARN_TASKS)
+    shares = {name: turn_adherence(model, tokenizer, test, prefix, max_turns=6, max_new_tokens=12).shares()
+              for name, model in [("latest", latest), ("gatt", with_gatt), ("control", without_gatt)]}
+    # Whether the GAtt model starts with "Answer:" because the system message says so, or always.
+    neutral = Constraint("test:neutral", "form", "You are a helpful assistant.", starts_with_prefix)
+    unasked = turn_adherence(with_gatt, tokenizer, test, neutral, max_turns=6, max_new_tokens=12).answer_following
+    print(f"GAtt sampling: {gatt.counts()}")
+    for name, share in shares.items():
+        print(f"still following at turns 1-6, {name}: {[round(s, 3) for s in share]}")
+    print(f"GAtt model's answers opening with 'Answer:' under another system message, turns 1-6: {unasked} of 40")
+    later = {name: sum(share[1:]) / 5 for name, share in shares.items()}
+    # At turn 1 the system message is next to the user text (how well the latest model reads it
+    # there varies with the seed); after that it forgets without GAtt, and keeps it with.
+    assert later["latest"] <= 0.3
+    assert later["gatt"] >= 0.8 and later["control"] <= 0.3
+    assert sum(unasked) <= 0.2 * 40 * 6
