@@ -17,7 +17,9 @@ stops, counted ``out_of_context``, never as a failure.
   (`tasks.dialogues.ghost_attention.with_instruction_every_turn`); the answered turns become
   training dialogues (`build_gatt_dialogues`: instruction in the system message only, the loss
   on the last answer). A dialogue whose first turn does not fit is dropped
-  (``prompt_exceeds_context``); one stopped later keeps the turns answered.
+  (``prompt_exceeds_context``); one stopped later keeps the turns answered. An answer cut at
+  ``max_new_tokens`` is kept as cut (its training record closes it with EOS). The default
+  sampling (temperature 0.7, top-p 0.9) is ours: the paper does not give GAtt's.
 """
 
 from __future__ import annotations
