@@ -11,7 +11,8 @@ its leading whitespace. A prompt for generation ends in a user message, encoded
 each starts with BOS and SentencePiece's dummy prefix ("<s>" "▁[" ...). Tags and control pieces
 typed inside a message are text, as they are to SentencePiece.
 
-The loss mask marks each answer with its closing EOS. The answer's first token is found by
+The loss mask marks each answer with its closing EOS (with `last_answer_only`, only the last
+answer: Ghost Attention's training dialogues, whose earlier turns are context only). The answer's first token is found by
 construction: the pair's ids are compared with the ids of its prompt part
 (`f"[INST] {user} [/INST]"`) encoded alone, never by looking for "[/INST]" in the ids (whose
 pieces depend on the text before them). With LLaMA's trainer settings (split by whitespace and
@@ -62,16 +63,21 @@ class ChatExample:
             raise ValueError(f"{len(self.ids)} ids but {len(self.loss_mask)} loss mask entries")
 
 
-def encode_dialogue(tokenizer: Tokenizer, messages: Iterable[Mapping[str, str]]) -> ChatExample:
-    """The ids of a dialogue that ends with an assistant message, and its loss mask."""
+def encode_dialogue(tokenizer: Tokenizer, messages: Iterable[Mapping[str, str]], *,
+                    last_answer_only: bool = False) -> ChatExample:
+    """The ids of a dialogue that ends with an assistant message, and its loss mask: every answer
+    and its EOS, or with `last_answer_only` the last answer and its EOS alone (the ids are the same)."""
     users, answers = _pairs(messages, last_role="assistant")
     ids: list[int] = []
     loss_mask: list[bool] = []
-    for user, answer in zip(users, answers):
+    for n, (user, answer) in enumerate(zip(users, answers)):
         pair = tokenizer.encode(f"{B_INST} {user} {E_INST} {answer} ", bos=True, eos=True)
+        ids += pair
+        if last_answer_only and n < len(answers) - 1:
+            loss_mask += [False] * len(pair)
+            continue
         prompt = tokenizer.encode(f"{B_INST} {user} {E_INST}", bos=True, eos=False)
         answer_start = _common_prefix_length(prompt, pair)
-        ids += pair
         loss_mask += [False] * answer_start + [True] * (len(pair) - answer_start)
     return ChatExample(ids, loss_mask)
 

@@ -1,7 +1,9 @@
 """Pack a dialogue stage into fine-tuning rows: Llama 2's chat format, loss on answers only.
 
 Each dialogue of a finished dialogue stage (`tasks.dialogues`) becomes one example, its ids and
-loss mask as Meta's `chat_completion` builds them (`tasks.chat_format`). A part's examples
+loss mask as Meta's `chat_completion` builds them (`tasks.chat_format`); a dialogue whose meta
+says `train_on: last_answer` (`tasks.dialogues.records.train_on`; Ghost Attention's) has the loss
+on its last answer and that answer's EOS only, counted `last_answer_only`. A part's examples
 are packed into rows of `seq_len + 1` tokens by best-fit decreasing (`tasks.tokens.RowBuilder`: as dense as
 TRL's "bfd" packing); the rest of a row is padding (EOS ids, never trained on, its own document). An example is never split across rows, so with the document mask and
 positions restarting per example (`modeling.objectives`) a packed row trains exactly as its
@@ -22,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from tasks.chat_format import encode_dialogue
-from tasks.dialogues.records import read_dialogues
+from tasks.dialogues.records import read_dialogues, train_on
 from tasks.stage import ShardUnit, units_from_stage
 from tasks.storage import resolve
 from tasks.tokenizer import Tokenizer
@@ -42,13 +44,15 @@ class DialoguePacker:
         if unit.input is None:
             raise ValueError(f"{unit.source} part {unit.index}: packing dialogues needs an input part")
         rows = RowBuilder(row_tokens, tokenizer.eos_id)
-        counts = {"dialogues": 0, "examples": 0, "tokens": 0, "answer_tokens": 0, "truncated": 0}
+        counts = {"dialogues": 0, "examples": 0, "tokens": 0, "answer_tokens": 0, "truncated": 0,
+                  "last_answer_only": 0}
         dropped: dict[str, int] = {}
         for dialogue in read_dialogues(unit.input.uri):
             counts["dialogues"] += 1
             messages = [{"role": m.role, "content": m.content} for m in dialogue.messages]
             try:
-                example = encode_dialogue(tokenizer, messages)
+                last_answer_only = train_on(dialogue.meta) == "last_answer"
+                example = encode_dialogue(tokenizer, messages, last_answer_only=last_answer_only)
             except ValueError as error:  # a finished dialogue stage holds only valid dialogues
                 raise ValueError(f"{unit.input.uri}: dialogue {dialogue.id}: {error}") from None
             ids, mask = example.ids[:row_tokens], example.loss_mask[:row_tokens]
@@ -56,6 +60,7 @@ class DialoguePacker:
                 dropped["answer_truncated"] = dropped.get("answer_truncated", 0) + 1
                 continue
             counts["truncated"] += len(example.ids) > row_tokens
+            counts["last_answer_only"] += last_answer_only
             counts["examples"] += 1
             counts["tokens"] += len(ids)
             counts["answer_tokens"] += sum(mask)

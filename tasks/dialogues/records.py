@@ -12,6 +12,10 @@ first, then user and assistant strictly alternating from a user turn, ending wit
 turn (the one trained on; a prompt to answer ends with a user turn instead); every content a
 non-blank string without Llama 2's control tags, which our chat format places around turns, so a
 turn holding one could forge a turn boundary.
+
+``meta[TRAIN_ON]`` says which answers a dialogue trains on: ``all_answers`` (the default, also
+when the key is absent) or ``last_answer`` (Ghost Attention's dialogues: the earlier turns,
+answers included, are context only). :func:`train_on` reads it.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ PROBLEM_REASONS = (
     "ends_without_assistant",
     "ends_without_user",
 )
+
+TRAIN_ON = "train_on"
+TRAIN_ON_VALUES = ("all_answers", "last_answer")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +88,14 @@ class Dialogue:
         if turns is None:
             raise ValueError(f"document {doc.id} has no messages column: not a dialogue")
         return cls(doc.id, doc.source, tuple(Message(t["role"], t["content"]) for t in turns), doc.meta)
+
+
+def train_on(meta: dict[str, Any]) -> str:
+    """The dialogue's ``meta[TRAIN_ON]``, ``all_answers`` when absent; ValueError for any other value."""
+    value = meta.get(TRAIN_ON, "all_answers")
+    if value not in TRAIN_ON_VALUES:
+        raise ValueError(f"meta {TRAIN_ON!r} is {value!r}; it is one of {', '.join(TRAIN_ON_VALUES)}")
+    return value
 
 
 def render_text(messages: Sequence[Message]) -> str:

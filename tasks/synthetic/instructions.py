@@ -7,7 +7,8 @@ on them answers held-out prompts exactly where the base model almost never does.
 
 Dialogues are in the common ``messages`` form (an optional system turn, then user/assistant
 rounds; a share of them has two rounds) with ``id`` and ``task`` (the task of the final round) as
-metadata. :func:`split_heldout` keeps every held-out final prompt out of the training dialogues;
+metadata. :func:`make_conversations` gives longer dialogues, up to 20 rounds and no system turn,
+for Ghost Attention's multi-turn sampling and metric. :func:`split_heldout` keeps every held-out final prompt out of the training dialogues;
 :func:`check_answer` and :func:`exact_match_rate` score generations against the final answer.
 :func:`write_jsonl` writes dialogues as JSON lines; :func:`write_inputs` is the demo's dialogue input;
 :func:`write_prompts` a prompt set of them for chat metrics.
@@ -122,6 +123,27 @@ def make_instructions(
             prompt, answer = TASKS[task](rng)
             messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
         dialogues.append({"id": f"instructions-{seed}-{index:06d}", "task": task, "messages": messages})
+    return dialogues
+
+
+def make_conversations(n: int, seed: int, min_turns: int = 2, max_turns: int = 20,
+                       tasks: Sequence[str] | Mapping[str, float] | None = None) -> list[Dialogue]:
+    """``n`` dialogues of ``min_turns`` to ``max_turns`` user/assistant rounds (uniformly), each
+    round's task drawn from ``tasks`` as in :func:`make_instructions`; no system turn (Ghost
+    Attention puts its instruction there). Deterministic for ``seed``; dialogue ``i`` whatever ``n`` is."""
+    if not 1 <= min_turns <= max_turns:
+        raise ValueError(f"turns must satisfy 1 <= min_turns <= max_turns, got {min_turns} and {max_turns}")
+    weights = _task_weights(tasks)
+    names = sorted(weights)
+    dialogues = []
+    for index in range(n):
+        rng = random.Random(f"conversations:{seed}:{index}")
+        messages = []
+        for _ in range(rng.randint(min_turns, max_turns)):
+            task = rng.choices(names, weights=[weights[name] for name in names])[0]
+            prompt, answer = TASKS[task](rng)
+            messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}]
+        dialogues.append({"id": f"conversations-{seed}-{index:06d}", "task": task, "messages": messages})
     return dialogues
 
 

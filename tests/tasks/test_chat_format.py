@@ -163,6 +163,20 @@ def test_a_prompt_is_the_untrained_prefix_its_answered_dialogue_starts_with(toke
         assert tokenizer.decode(example.ids[len(prompt):]) == tokenizer.decode(answer_spans(example)[-1])
 
 
+def test_last_answer_only_trains_the_last_answer_and_its_eos_on_the_same_ids(tokenizer):
+    for messages in dialogues(5, 200, ending="assistant", controls=True):
+        every = encode_dialogue(tokenizer, messages)
+        last = encode_dialogue(tokenizer, messages, last_answer_only=True)
+        prompt = encode_prompt(tokenizer, messages[:-1])
+        assert last.ids == every.ids == meta_reference(tokenizer, messages)
+        assert last.loss_mask == [False] * len(prompt) + [True] * (len(every.ids) - len(prompt))
+        assert last.ids[-1] == tokenizer.eos_id and answer_spans(last) == answer_spans(every)[-1:]
+        # the earlier answers, trained by default, are context only
+        answers = sum(m["role"] == "assistant" for m in messages)
+        if answers > 1:
+            assert sum(every.loss_mask) > sum(last.loss_mask)
+
+
 def test_apply_chat_template_gives_the_same_ids(tokenizer, hf):
     compared = 0
     for messages in dialogues(5, 300, ending="assistant"):

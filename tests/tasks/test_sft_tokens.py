@@ -9,11 +9,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.chat_format import encode_dialogue
+from tasks.chat_format import encode_dialogue, encode_prompt
 from tasks.dialogues.ingest import ingest_dialogues
 from tasks.dialogues.readers import MessagesReader
-from tasks.sft_tokens import pack_dialogues
-from tasks.synthetic.instructions import make_instructions, tokenizer_texts, write_jsonl
+from tasks.sft_tokens import DialoguePacker, pack_dialogues
+from tasks.stage import units_from_stage
+from tasks.storage import resolve
+from tasks.synthetic.instructions import make_conversations, make_instructions, tokenizer_texts, write_jsonl
 from tasks.tokenizer import train_tokenizer
 from tasks.tokens import RowBuilder
 from tasks.token_reader import TokenReader, document_ids
@@ -131,3 +133,31 @@ def test_the_chat_format_ids_are_what_gets_packed(tokenizer):
     builder.add(example.ids, example.loss_mask)
     tokens, masks, _, _ = builder.finish(np.dtype(np.uint16))
     assert tokens[0].tolist() == example.ids and masks[0].tolist() == example.loss_mask
+
+
+def test_a_dialogue_whose_meta_says_last_answer_trains_only_that_answer(tokenizer, tmp_path, ray_local):
+    ordinary = make_conversations(12, seed=4, min_turns=2, max_turns=4)
+    last_only = [{**d, "id": d["id"] + "-gatt", "train_on": "last_answer"} for d in ordinary]
+    write_jsonl(tmp_path / "mixed.jsonl", ordinary + last_only)
+    stage = ingest_dialogues("mixed", [str(tmp_path / "mixed.jsonl")], str(tmp_path / "out"), MessagesReader())
+    [unit] = units_from_stage(resolve(stage["stage_dir"]))
+    packed = DialoguePacker().pack(unit, tokenizer, 256, np.dtype(np.int64))
+    assert packed.counts["examples"] == 24 and packed.counts["last_answer_only"] == 12 and not packed.dropped
+
+    def example(ids, mask):
+        return tuple(ids), tuple(bool(m) for m in mask)
+
+    got = []
+    for tokens, mask, starts in zip(packed.rows, packed.loss_mask, packed.doc_starts.to_pylist()):
+        for start, end in zip(starts, starts[1:] + [len(tokens)]):
+            if tokens[start] == tokenizer.bos_id:
+                got.append(example(tokens[start:end].tolist(), mask[start:end]))
+    # The ordinary ones exactly as before; the others on the same ids, the loss on the last answer alone.
+    expected = []
+    for d in ordinary:
+        every = encode_dialogue(tokenizer, d["messages"])
+        expected.append(example(every.ids, every.loss_mask))
+        prompt = len(encode_prompt(tokenizer, d["messages"][:-1]))
+        expected.append(example(every.ids, [False] * prompt + [True] * (len(every.ids) - prompt)))
+    assert sorted(got) == sorted(expected)
+    assert packed.counts["answer_tokens"] == sum(sum(mask) for _, mask in expected)
