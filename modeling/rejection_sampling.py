@@ -50,8 +50,8 @@ def selection_rewards(rewards: Mapping[str, np.ndarray], unsafe: Sequence[bool] 
 
     from modeling.ppo import gated_scores
 
-    gated, _ = gated_scores(torch.as_tensor(rewards["helpfulness"], dtype=torch.float64),
-                            torch.as_tensor(rewards["safety"], dtype=torch.float64),
+    gated, _ = gated_scores(torch.tensor(np.asarray(rewards["helpfulness"]), dtype=torch.float64),
+                            torch.tensor(np.asarray(rewards["safety"]), dtype=torch.float64),
                             torch.as_tensor(np.asarray(unsafe, dtype=bool)), threshold=safety_threshold)
     return gated.numpy()
 
@@ -149,7 +149,7 @@ def select_best(sample_stage: str, reward_models: Mapping[str, str], out_dir: st
     the report (`REPORT_FILE`). A folder stage made in one go: redone only when the samples, the
     reward models' files or the selection changed."""
     from modeling.model_folders import model_digest
-    from modeling.sampling import read_samples, sample_stage_fingerprint
+    from modeling.sampling import read_samples, sample_manifest
     from modeling.sft import base_model_folder
     from tasks.executor import fingerprint, run_once, run_tasks
     from tasks.storage import resolve
@@ -162,7 +162,7 @@ def select_best(sample_stage: str, reward_models: Mapping[str, str], out_dir: st
         raise ValueError(f"selection {selection!r} needs the {' and '.join(missing)} reward model; given "
                          f"{sorted(reward_models) or 'none'}")
     folders = {name: str(base_model_folder(reward_models[name])) for name in needed}
-    expected = fingerprint({"samples": sample_stage_fingerprint(sample_stage), "selection": selection,
+    expected = fingerprint({"samples": sample_manifest(sample_stage)["fingerprint"], "selection": selection,
                             "safety_threshold": safety_threshold,
                             "reward_models": {name: model_digest(folder) for name, folder in folders.items()}})
     folder = resolve(out_dir)
@@ -177,9 +177,8 @@ def select_best(sample_stage: str, reward_models: Mapping[str, str], out_dir: st
         rewards = dict(zip(names, scored))
         chosen = selection_rewards(rewards, [s.unsafe for s in samples], selection, safety_threshold)
         choices = best_per_prompt([s.prompt_id for s in samples], chosen, [s.finished for s in samples])
-        report = write_selection(folder, samples, rewards, chosen, choices)
-        report.update(selection=selection, reward_models=folders)
-        return report
+        return write_selection(folder, samples, rewards, chosen, choices,
+                               {"selection": selection, "reward_models": folders})
 
     summary = run_once(folder, expected, work)
     return folder.join(REPORT_FILE).read_json() | {"digest": summary["digest"]}
@@ -199,8 +198,9 @@ def score_samples_with(samples: Sequence, batch_size: int, reward_model_folder: 
 
 
 def write_selection(folder, samples: Sequence, rewards: Mapping[str, np.ndarray], chosen: np.ndarray,
-                    choices: Sequence[Choice]) -> dict:
-    """The kept dialogues, every sample's scores and the report; returns the report."""
+                    choices: Sequence[Choice], about: Mapping[str, object]) -> dict:
+    """The kept dialogues, every sample's scores and the report (`about` saying how they were
+    chosen); returns the report."""
     import json
 
     from tasks.storage import atomic_output, write_json_atomic
@@ -230,6 +230,7 @@ def write_selection(folder, samples: Sequence, rewards: Mapping[str, np.ndarray]
     for index in sorted(kept):
         kept_by_model[samples[index].model] = kept_by_model.get(samples[index].model, 0) + 1
     report = {
+        **about,
         "prompts": len(choices), "selected": len(kept), "dropped": dropped, "samples": len(samples),
         "finished_samples": int(sum(s.finished for s in samples)),
         "reward_vs_k": reward_vs_k([s.prompt_id for s in samples], chosen),

@@ -377,7 +377,7 @@ def _manifest(config: SamplingConfig, payload: dict[str, Any], stage_fingerprint
 def read_samples(stage_dir: str) -> Iterator[Sample]:
     """A finished stage's samples in stage order: by part, then prompt, then model, then sample."""
     stage = resolve(stage_dir)
-    manifest = _finished_manifest(stage)
+    manifest = sample_manifest(stage)
     by_part: dict[int, list[dict[str, Any]]] = {}
     for unit in manifest["parts"]:
         by_part.setdefault(unit["part"], []).append(unit)
@@ -391,7 +391,9 @@ def read_samples(stage_dir: str) -> Iterator[Sample]:
                     yield Sample(**{**row, "messages": messages})
 
 
-def _finished_manifest(stage: Location) -> dict[str, Any]:
+def sample_manifest(stage: str | Location) -> dict[str, Any]:
+    """A finished sampling stage's manifest (its `fingerprint` names what it was made from)."""
+    stage = resolve(stage) if isinstance(stage, str) else stage
     if not read_marker(stage).fingerprints or not stage.join(MANIFEST).exists():
         raise FileNotFoundError(f"{stage.uri}: not a finished sampling stage (no _SUCCESS or {MANIFEST})")
     return stage.join(MANIFEST).read_json()
