@@ -48,6 +48,14 @@ class ChatReport:
     def mean_rewards(self) -> dict[str, float]:
         return {name: float(scores.mean()) for name, scores in self.rewards.items()}
 
+    def exact_match(self) -> float | None:
+        """The share of the prompts with a right answer (`ChatPrompt.reference`) answered exactly so,
+        surrounding whitespace aside; None when no prompt has one."""
+        checked = [(p.reference, a) for p, a in zip(self.prompts, self.answers) if p.reference is not None]
+        if not checked:
+            return None
+        return sum(reference.strip() == answer.strip() for reference, answer in checked) / len(checked)
+
     def rewards_by_prompt(self) -> dict[str, dict[str, float]]:
         """name -> {prompt's file:line -> reward}: how reports of several models line up their prompts."""
         return {name: {prompt.where: float(reward) for prompt, reward in zip(self.prompts, rewards)}
@@ -55,7 +63,8 @@ class ChatReport:
 
     def as_dict(self) -> dict[str, Any]:
         """The report as JSON: prompts counted, mean rewards, and rewards and answers by prompt."""
-        return {"prompts": len(self.prompts), "mean_rewards": self.mean_rewards(), "rewards": self.rewards_by_prompt(),
+        return {"prompts": len(self.prompts), "mean_rewards": self.mean_rewards(), "exact_match": self.exact_match(),
+                "rewards": self.rewards_by_prompt(),
                 "answers": {prompt.where: answer for prompt, answer in zip(self.prompts, self.answers)},
                 "skipped": [str(problem) for problem in self.skipped]}
 

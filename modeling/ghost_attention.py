@@ -190,3 +190,71 @@ def _inputs(dialogues: Sequence[DialogueInput], constraints: Constraint | Sequen
             raise ValueError(f"dialogue {dialogue_id} has no user turn to answer")
         inputs.append((dialogue_id, users, constraint))
     return inputs
+
+
+# ---------------------------------------------------------------------------------- as stages
+
+GATT_FILE = "gatt.jsonl"  # the training records, in the `messages` form dialogue ingest reads
+GATT_REPORT = "gatt.json"
+
+
+def synthetic_conversations(n: int, seed: int, *, kinds: Sequence[str], min_turns: int,
+                            max_turns: int) -> tuple[list[dict[str, Any]], list[Constraint]]:
+    """`n` synthetic many-turn conversations (`tasks.synthetic.instructions.make_conversations`) and
+    a constraint for each, drawn from `kinds`; the same for a seed."""
+    import random
+
+    from tasks.dialogues.constraints import draw_constraint
+    from tasks.synthetic.instructions import make_conversations
+
+    conversations = make_conversations(n, seed, min_turns=min_turns, max_turns=max_turns)
+    rng = random.Random(f"gatt-constraints:{seed}")
+    return conversations, [draw_constraint(rng, kinds) for _ in conversations]
+
+
+def gatt_stage(model_folder: str, out_dir: str, *, dialogues: int, seed: int, kinds: Sequence[str],
+               min_turns: int, max_turns: int, max_new_tokens: int, every_prefix: bool = True,
+               require_following: bool = False, batch_size: int = 16) -> dict[str, Any]:
+    """Ghost Attention's training records sampled from the model in `model_folder` (the latest model)
+    on synthetic conversations: `GATT_FILE` and the counts in `GATT_REPORT` (every conversation kept
+    or dropped with its reason). A folder stage made in one go (`tasks.executor.run_once`), redone
+    only when the model's files or a setting changed."""
+    from modeling.model_folders import folder_checkpoints, model_digest
+    from modeling.sft import base_model_folder
+    from tasks.dialogues.ghost_attention import write_gatt_jsonl
+    from tasks.executor import fingerprint, run_once
+    from tasks.storage import resolve, write_json_atomic
+
+    settings = {"dialogues": dialogues, "seed": seed, "kinds": list(kinds), "min_turns": min_turns,
+                "max_turns": max_turns, "max_new_tokens": max_new_tokens, "every_prefix": every_prefix,
+                "require_following": require_following}
+    folder = resolve(out_dir)
+
+    def work() -> dict[str, Any]:
+        model, tokenizer = folder_checkpoints(model_folder)[0].load()
+        conversations, constraints = synthetic_conversations(dialogues, seed, kinds=kinds, min_turns=min_turns,
+                                                             max_turns=max_turns)
+        built = sample_gatt_dialogues(model, tokenizer, conversations, constraints, seed, max_turns=max_turns,
+                                      max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                      every_prefix=every_prefix, require_following=require_following)
+        write_gatt_jsonl(folder.join(GATT_FILE).path, built.records)
+        report = {**built.counts(), "settings": settings, "model": model_folder,
+                  "constraints": sorted({c.id for c in constraints})}
+        write_json_atomic(folder.join(GATT_REPORT), report)
+        return built.counts()
+
+    expected = fingerprint({"model": model_digest(base_model_folder(model_folder)), **settings})
+    run_once(folder, expected, work)
+    return folder.join(GATT_REPORT).read_json()
+
+
+def adherence_of(model_folder: str, *, dialogues: int, seed: int, kinds: Sequence[str], min_turns: int,
+                 max_turns: int, max_new_tokens: int, batch_size: int = 16) -> dict[str, Any]:
+    """`turn_adherence` of the model in `model_folder` on held-out synthetic conversations (greedy)."""
+    from modeling.model_folders import folder_checkpoints
+
+    model, tokenizer = folder_checkpoints(model_folder)[0].load()
+    conversations, constraints = synthetic_conversations(dialogues, seed, kinds=kinds, min_turns=min_turns,
+                                                         max_turns=max_turns)
+    return turn_adherence(model, tokenizer, conversations, constraints, max_turns=max_turns,
+                          max_new_tokens=max_new_tokens, batch_size=batch_size).as_dict()

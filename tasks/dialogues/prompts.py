@@ -4,7 +4,8 @@ A prompt set is a JSON lines file of ``{"messages": [{"role": ..., "content": ..
 (other keys are kept out of the prompt), each dialogue kept to the rules of
 :func:`~tasks.dialogues.records.dialogue_problem` except that it ends with the user turn to answer.
 An optional ``"unsafe": true`` tags a prompt as adversarial (Llama 2's PPO gates its reward on it:
-the safety reward model's score counts for such a prompt); it must be a JSON boolean.
+the safety reward model's score counts for such a prompt); it must be a JSON boolean. An
+optional ``"answer"`` string is the prompt's right answer, for a verifiable task (exact match).
 A line that is not such a record is a :class:`~tasks.benchmarks.RecordProblem` naming the file and
 line, refused or skipped by the benchmarks' ``Policy``, never answered.
 """
@@ -20,6 +21,7 @@ from tasks.dialogues.records import Message, Problem, as_messages, dialogue_prob
 
 MESSAGES_FIELD = "messages"
 UNSAFE_FIELD = "unsafe"
+REFERENCE_FIELD = "answer"
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,7 @@ class ChatPrompt:
     where: str  # "<file>:<line>", which also names the prompt across models' reports
     messages: tuple[Message, ...]
     unsafe: bool = False  # tagged adversarial in the prompt set
+    reference: str | None = None  # the right answer, where the prompt has one (a verifiable task)
 
     def as_dicts(self) -> list[dict[str, str]]:
         """The messages as `tasks.chat_format` takes them."""
@@ -56,7 +59,7 @@ def read_prompts(path: str | Path, policy: Policy = "refuse") -> tuple[list[Chat
     return prompts, problems
 
 
-def _prompt_messages(line: str) -> tuple[tuple[Message, ...], bool] | Problem:
+def _prompt_messages(line: str) -> tuple[tuple[Message, ...], bool, str | None] | Problem:
     try:
         record = json.loads(line)
     except json.JSONDecodeError as error:
@@ -68,7 +71,11 @@ def _prompt_messages(line: str) -> tuple[tuple[Message, ...], bool] | Problem:
     unsafe = record.get(UNSAFE_FIELD, False)
     if not isinstance(unsafe, bool):
         return Problem("unsafe_not_a_bool", f"field {UNSAFE_FIELD!r} is a JSON boolean, got {json.dumps(unsafe)}")
+    reference = record.get(REFERENCE_FIELD)
+    if reference is not None and not isinstance(reference, str):
+        return Problem("answer_not_a_string", f"field {REFERENCE_FIELD!r} is the right answer as a JSON string, got "
+                                              f"{json.dumps(reference)[:80]}")
     messages = as_messages(record[MESSAGES_FIELD])
     if isinstance(messages, Problem):
         return messages
-    return dialogue_problem(messages, last_role="user") or (messages, unsafe)
+    return dialogue_problem(messages, last_role="user") or (messages, unsafe, reference)

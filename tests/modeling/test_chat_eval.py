@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from modeling.chat_eval import (
+    ChatReport,
     answer_prompts, answer_text, evaluate_chat, score_answers, win_rate, win_rate_by_prompt,
 )
 from modeling.generate import Sampling, generate
@@ -105,6 +106,21 @@ def test_answers_are_generates_greedy_output_and_seeded_samples_repeat(tokenizer
     assert answer_text(tokenizer, [*tokenizer.encode("kiwi", bos=False), tokenizer.eos_id]) == "kiwi"
 
 
+def test_exact_match_counts_the_prompts_with_a_right_answer(tmp_path):
+    path = tmp_path / "answers.jsonl"
+    records = [{"messages": [{"role": "user", "content": "Repeat: kiwi"}], "answer": "kiwi"},
+               {"messages": [{"role": "user", "content": "What is 2 + 2?"}], "answer": "4"},
+               {"messages": [{"role": "user", "content": "Say hello"}]},
+               {"messages": [{"role": "user", "content": "Bad"}], "answer": 4}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(BadInput, match=f"{path}:4: answer_not_a_string"):
+        read_prompts(path)
+    prompts, problems = read_prompts(path, "skip")
+    assert [p.reference for p in prompts] == ["kiwi", "4", None] and len(problems) == 1
+    report = ChatReport(prompts, [" kiwi ", "5", "hello"], {})
+    assert report.exact_match() == 0.5  # "kiwi" right (whitespace aside), "5" wrong; the third has no answer
+
+
 def test_a_report_scores_the_models_own_answers(tmp_path, tokenizer, reward_model):
     model = random_model(tiny_config(vocab_size=VOCAB, max_seq_len=128), seed=5)
     path = tmp_path / "prompts.jsonl"
@@ -119,6 +135,7 @@ def test_a_report_scores_the_models_own_answers(tmp_path, tokenizer, reward_mode
     assert report.mean_rewards() == {"helpfulness": pytest.approx(expected.mean()),
                                      "safety": pytest.approx(expected.mean())}
     summary = report.as_dict()
+    assert report.exact_match() is None and summary["exact_match"] is None  # no prompt has a right answer
     assert summary["rewards"]["safety"] == {f"{path}:{n}": pytest.approx(r) for n, r in enumerate(expected, 1)}
     assert json.loads(json.dumps(summary)) == summary
 

@@ -144,3 +144,4 @@ def test_a_prompt_set_of_the_dialogues_ends_each_with_the_user_turn_to_answer(tm
     assert not problems and len(prompts) == 20
     assert [p.as_dicts() for p in prompts] == [d["messages"][:-1] for d in dialogues]
     assert [json.loads(line)["answer"] for line in path.read_text().splitlines()] == list(map(final_answer, dialogues))
+    assert [p.reference for p in prompts] == list(map(final_answer, dialogues))  # read as each prompt's right answer
