@@ -1,4 +1,4 @@
-"""`rlhf`: Llama 2-Chat's rounds on top of SFT: sample -> score -> select -> fine-tune, round after round.
+"""`rlhf`: Llama 2-Chat's rounds on top of SFT: rejection sampling, then PPO, then Ghost Attention.
 
 Round N of rejection sampling (Llama 2, 3.2.3) samples `samples_per_prompt` answers to every
 prompt of the prompt sets from the pool of models (`pool`: `all` the models before this round,
@@ -6,14 +6,23 @@ the SFT model and every earlier round's, as Llama 2 did from RLHF-V3 on; or `lat
 paper's temperature (`modeling.sampling`, Ray actors); scores them with the reward models and keeps
 each prompt's best finished answer (`modeling.rejection_sampling`); and fine-tunes the latest
 model on the kept answers with the SFT objective (the `sft` flow: ingest, pack, train on Ray
-Train). The fine-tuned model is the next round's latest model.
+Train). With `ppo` the round goes on with PPO from that model (the `ppo` flow: the model is the
+policy's start and the frozen reference, the value model starts from the helpfulness reward
+model, the safety-gated reward). With `gatt` it ends with Ghost Attention (3.3): dialogues sampled
+from the round's model with a synthetic instruction in every user turn, fine-tuned on with the
+instruction in the first turn only and the loss on the last answer; the share of held-out
+dialogues still following their instruction at each turn is measured before and after. The
+round's last model is the next round's latest model.
 
 Everything of a run lives under `<output>/<run_name>/`: per round `round-NN/` (samples, selection,
-dialogues, sft-tokens) and the rounds' training runs in `runs/`. A rerun resumes at the first
-unfinished step: finished stages are reused by their markers, a training run resumes from its
-newest checkpoint. Published per round: `rlhf-round` (the selection's counts and kept rewards),
-and once the rounds are done `rlhf-summary`: the paper's max and median reward against K per
-round (figure 7) and the kept rewards' distribution round by round (their drift, figure 20).
+dialogues, sft-tokens, ppo/, gatt/) and the rounds' training runs in `runs/`. A rerun resumes at the
+first unfinished step: finished stages are reused by their markers, a finished training run by
+its summary, an unfinished one resumes from its newest checkpoint. With `evaluation_prompts` every
+model (the SFT model and each round's) answers a held-out prompt set (greedy): the reward models'
+mean rewards, the exact match where prompts carry their right answer, the win rate against the SFT
+model. Published: per round `rlhf-round` (the selection's counts and kept rewards), and
+`rlhf-summary`: the paper's max and median reward against K per round (figure 7), the kept
+rewards' drift across rounds, the models' evaluation and Ghost Attention's turn-by-turn adherence.
 """
 
 from __future__ import annotations
@@ -27,7 +36,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.figures import png_bytes, pyplot
+from flows.ppo import PPOFlowConfig, ppo
 from flows.sft import SFTFlowConfig, sft
+from modeling.ppo_training import PPOConfig
 from modeling.rejection_sampling import Selection, needed_reward_models
 from modeling.run_config import with_overrides
 from modeling.sft import SFTConfig
@@ -61,6 +72,33 @@ class RejectionSamplingConfig(BaseModel):
                                             "are set per round")
 
 
+class GAttConfig(BaseModel):
+    """Ghost Attention at a round's end: synthetic many-turn conversations, an instruction each."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dialogues: int = Field(64, ge=1, description="Synthetic conversations sampled from the round's model")
+    held_out: int = Field(32, ge=1, description="Other conversations the turn-by-turn adherence is measured on")
+    kinds: list[Literal["language", "form", "persona", "hobby"]] = Field(
+        default_factory=lambda: ["form", "persona", "hobby"],
+        description="Instruction kinds (language: answer in French, ...; form: capitals, 'Answer:' first, ...)")
+    min_turns: int = Field(2, ge=1)
+    max_turns: int = Field(6, ge=1, le=20, description="Turns a conversation has at most (Llama 2 measures up to 20)")
+    max_new_tokens: int = Field(16, ge=1)
+    every_prefix: bool = Field(True, description="A training dialogue per turn, each trained on its last answer")
+    require_following: bool = Field(False, description="Drop a sampled conversation with an answer that breaks its "
+                                                       "instruction (Llama 2 describes no such filter)")
+    training: SFTConfig = Field(default_factory=lambda: sft_debug_run(epochs=1),
+                                description="The fine-tuning on the GAtt dialogues; data, output, init and run_name "
+                                            "are set per round")
+
+    @model_validator(mode="after")
+    def _turns(self) -> GAttConfig:
+        if self.min_turns > self.max_turns:
+            raise ValueError(f"min_turns ({self.min_turns}) exceeds max_turns ({self.max_turns})")
+        return self
+
+
 class RLHFConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -74,9 +112,15 @@ class RLHFConfig(BaseModel):
     reward_models: dict[str, str] = Field(default_factory=dict, description="Reward model folders by name: "
                                                                             "helpfulness, safety")
     tokenizer: str | None = Field(None, description="tokenizer.model; None: the SFT model's")
-    rounds: int = Field(1, ge=1, description="Rounds of rejection sampling (Llama 2: five, RLHF-V1..V5)")
+    rounds: int = Field(1, ge=1, description="Rounds (Llama 2: five, RLHF-V1..V5)")
     seed: int = Field(0, ge=0, description="Seed of the sampling; round N samples with seed + N")
     rejection_sampling: RejectionSamplingConfig = Field(default_factory=RejectionSamplingConfig)
+    ppo: PPOFlowConfig | None = Field(None, description="PPO after each round's rejection sampling; its prompts, "
+                                                        "reward models, workspace and init are the round's")
+    gatt: GAttConfig | None = Field(None, description="Ghost Attention at each round's end")
+    evaluation_prompts: str | None = Field(None, description="A held-out prompt set every model answers (greedy), "
+                                                             "judged by the reward models")
+    evaluation_max_new_tokens: int = Field(24, ge=1)
 
     @model_validator(mode="after")
     def _known_reward_models(self) -> RLHFConfig:
@@ -92,6 +136,13 @@ class RLHFConfig(BaseModel):
     def round_dir(self, number: int) -> str:
         return f"{self.run_root}/round-{number:02d}"
 
+    def training_run(self, training: SFTConfig | PPOConfig, number: int, step: str, data: str, init: str,
+                     tokenizer: str):
+        """A round's training run: named after the run, the round and the step, in the run's runs/."""
+        return type(training).model_validate(training.model_dump() | {
+            "run_name": f"{self.run_name}-round-{number:02d}-{step}", "data": data, "output": f"{self.run_root}/runs",
+            "init": init, "tokenizer": tokenizer, "seed": training.seed + number})
+
     def check(self) -> None:
         """What a run needs before any work (a deployment's prompts and reward models come at run time)."""
         from modeling.model_folders import folder_checkpoints
@@ -99,12 +150,14 @@ class RLHFConfig(BaseModel):
 
         if not self.prompts:
             raise ValueError("no prompts: give prompt sets (JSON lines of {\"messages\": [...]}) to sample answers to")
+        if "helpfulness" not in self.reward_models and (self.ppo or self.rejection_sampling.selection != "safety"):
+            raise ValueError("reward_models.helpfulness: the reward model that judges the answers is not given")
         selection = self.rejection_sampling.selection
         missing = [name for name in needed_reward_models(selection) if name not in self.reward_models]
         if missing:
             raise ValueError(f"rejection_sampling.selection {selection!r} needs the {' and '.join(missing)} reward "
                              f"model under reward_models")
-        for path in self.prompts:
+        for path in [*self.prompts, *([self.evaluation_prompts] if self.evaluation_prompts else [])]:
             read_prompts(path)
         folder_checkpoints(self.init, tokenizer=self.tokenizer)
         for name, folder in self.reward_models.items():
@@ -170,12 +223,95 @@ def fine_tune(config: RLHFConfig, number: int, latest: str, tokenizer: str) -> d
     from modeling.rejection_sampling import SELECTED_FILE
 
     round_dir = config.round_dir(number)
-    training = config.rejection_sampling.training.model_copy(update={
-        "run_name": f"{config.run_name}-round-{number:02d}", "data": f"{round_dir}/sft-tokens",
-        "output": f"{config.run_root}/runs", "init": latest, "tokenizer": tokenizer,
-        "seed": config.rejection_sampling.training.seed + number})
+    training = config.training_run(config.rejection_sampling.training, number, "rs", f"{round_dir}/sft-tokens", latest,
+                                   tokenizer)
     return sft(SFTFlowConfig(inputs=[f"{round_dir}/selection/{SELECTED_FILE}"], source=f"round-{number:02d}",
-                             dialogues=f"{round_dir}/dialogues", training=SFTConfig.model_validate(training.model_dump())))
+                             dialogues=f"{round_dir}/dialogues", training=training))
+
+
+def proximal_policy_optimization(config: RLHFConfig, number: int, latest: str, tokenizer: str) -> dict[str, Any]:
+    """PPO from the round's rejection-sampling model, through the `ppo` flow; the value model starts from
+    the helpfulness reward model."""
+    round_dir = config.round_dir(number)
+    training = config.training_run(config.ppo.training, number, "ppo", f"{round_dir}/ppo/rollouts", latest, tokenizer)
+    training = training.model_copy(update={"value_init": config.reward_models["helpfulness"]})
+    return ppo(config.ppo.model_copy(update={"prompts": config.prompts, "reward_models": config.reward_models,
+                                             "workspace": f"{round_dir}/ppo", "training": training}))
+
+
+@task
+def sample_gatt(config: RLHFConfig, number: int, latest: str) -> dict[str, Any]:
+    from modeling.ghost_attention import gatt_stage
+
+    gatt = config.gatt
+    report = gatt_stage(latest, f"{config.round_dir(number)}/gatt/sampled", dialogues=gatt.dialogues,
+                        seed=config.seed + number, kinds=gatt.kinds, min_turns=gatt.min_turns, max_turns=gatt.max_turns,
+                        max_new_tokens=gatt.max_new_tokens, every_prefix=gatt.every_prefix,
+                        require_following=gatt.require_following)
+    print(f"round {number}: Ghost Attention sampled {report['dialogues']} conversations from {latest}: "
+          f"{report['kept']} kept ({report['dropped'] or 'none dropped'}), {report['records']} training dialogues")
+    return report
+
+
+@task
+def measure_gatt(config: RLHFConfig, number: int, models: dict[str, str]) -> dict[str, Any]:
+    """Each model's share of held-out conversations still following their instruction, turn by turn."""
+    from modeling.ghost_attention import adherence_of
+
+    gatt = config.gatt
+    measured = {label: adherence_of(folder, dialogues=gatt.held_out, seed=config.seed + 1000 + number,
+                                    kinds=gatt.kinds, min_turns=gatt.max_turns, max_turns=gatt.max_turns,
+                                    max_new_tokens=gatt.max_new_tokens) for label, folder in models.items()}
+    create_table_artifact(key="rlhf-gatt", table=[
+        {"turn": turn, **{label: report["share_still_following"][turn - 1] for label, report in measured.items()},
+         "measured": next(iter(measured.values()))["measured"][turn - 1]}
+        for turn in range(1, gatt.max_turns + 1)],
+        description=f"{config.run_name} round {number}: share of {gatt.held_out} held-out conversations still "
+                    f"following their instruction at each turn")
+    return measured
+
+
+def ghost_attention(config: RLHFConfig, number: int, latest: str, tokenizer: str) -> tuple[str, dict[str, Any]]:
+    """Ghost Attention's fine-tune of the round's model; its adherence before and after."""
+    from modeling.ghost_attention import GATT_FILE
+
+    gatt_dir = f"{config.round_dir(number)}/gatt"
+    sample_gatt(config, number, latest)
+    training = config.training_run(config.gatt.training, number, "gatt", f"{gatt_dir}/sft-tokens", latest, tokenizer)
+    trained = sft(SFTFlowConfig(inputs=[f"{gatt_dir}/sampled/{GATT_FILE}"], source=f"gatt-round-{number:02d}",
+                                dialogues=f"{gatt_dir}/dialogues", training=training))
+    measured = measure_gatt(config, number, {"before": latest, "after": trained["run_dir"]})
+    return trained["run_dir"], measured
+
+
+@task
+def evaluate_models(config: RLHFConfig, models: dict[str, str]) -> list[dict[str, Any]]:
+    """Every model's greedy answers to the held-out prompts: mean rewards, exact match, win rate against
+    the first (the SFT model) by the helpfulness reward model."""
+    from modeling.chat_eval import evaluate_chat, win_rate
+    from modeling.model_folders import folder_checkpoints
+    from modeling.reward import load_reward_hf
+    from tasks.dialogues.prompts import read_prompts
+
+    prompts, _ = read_prompts(config.evaluation_prompts)
+    judges = {name: load_reward_hf(reward_model_export(folder, name)) for name, folder in config.reward_models.items()}
+    reports = {}
+    for label, folder in models.items():
+        model, tokenizer = folder_checkpoints(folder, tokenizer=config.tokenizer)[0].load()
+        reports[label] = evaluate_chat(model, tokenizer, prompts, judges, max_new_tokens=config.evaluation_max_new_tokens,
+                                       policy="skip")
+    baseline = next(iter(reports.values()))
+    judge = "helpfulness" if "helpfulness" in judges else next(iter(judges))
+    rows = [{"model": label, "folder": models[label], "prompts": len(report.prompts), "exact_match": report.exact_match(),
+             **{f"mean_{name}": value for name, value in report.mean_rewards().items()},
+             f"win_rate_vs_{next(iter(reports))}": win_rate(report.rewards[judge], baseline.rewards[judge])
+             if len(report.prompts) == len(baseline.prompts) else None}
+            for label, report in reports.items()]
+    create_table_artifact(key="rlhf-evaluation", table=rows,
+                          description=f"{config.run_name}: each model's greedy answers to {config.evaluation_prompts}")
+    for row in rows:
+        print(f"{row['model']}: exact match {row['exact_match']}, mean {judge} reward {row[f'mean_{judge}']:.3f}")
+    return rows
 
 
 def model_tokenizer(config: RLHFConfig) -> str:
@@ -185,18 +321,39 @@ def model_tokenizer(config: RLHFConfig) -> str:
 
 
 @task
-def publish_rounds(config: RLHFConfig, reports: list[dict[str, Any]]) -> None:
+def publish_rounds(config: RLHFConfig, reports: list[dict[str, Any]], evaluation: list[dict[str, Any]] | None,
+                   gatt: list[dict[str, Any]]) -> None:
     png = base64.b64encode(rounds_png(reports, config.run_name)).decode()
-    lines = [f"# RLHF {config.run_name}: {len(reports)} round(s) of rejection sampling", "",
-             f"![reward against K and drift](data:image/png;base64,{png})", "",
-             "| round | prompts | selected | kept mean | kept median | all answers' mean |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    lines = [f"# RLHF {config.run_name}: {len(reports)} round(s)", "",
+             f"![reward against K and drift](data:image/png;base64,{png})", "", "## Rejection sampling", "",
+             "| round | prompts | selected | dropped | kept mean | kept median | all answers' mean |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for number, report in enumerate(reports, 1):
-        kept = report["kept_rewards"]
-        lines.append(f"| {number} | {report['prompts']} | {report['selected']} | {kept.get('mean', float('nan')):.3f} | "
-                     f"{kept.get('median', float('nan')):.3f} | {report['all_rewards'].get('mean', float('nan')):.3f} |")
+        kept, dropped = report["kept_rewards"], sum(report["dropped"].values())
+        lines.append(f"| {number} | {report['prompts']} | {report['selected']} | {dropped} | {number_text(kept.get('mean'))} "
+                     f"| {number_text(kept.get('median'))} | {number_text(report['all_rewards'].get('mean'))} |")
+    if evaluation:
+        columns = [c for c in evaluation[0] if c != "folder"]
+        lines += ["", f"## Held-out prompts ({config.evaluation_prompts})", "", "| " + " | ".join(columns) + " |",
+                  "| " + " | ".join("---" for _ in columns) + " |",
+                  *("| " + " | ".join(number_text(row[c]) for c in columns) + " |" for row in evaluation)]
+    for number, measured in enumerate(gatt, 1):
+        turns = len(next(iter(measured.values()))["share_still_following"])
+        lines += ["", f"## Ghost Attention, round {number}: share still following at turn t", "",
+                  "| model | " + " | ".join(str(t) for t in range(1, turns + 1)) + " |",
+                  "| --- | " + " | ".join("---" for _ in range(turns)) + " |",
+                  *(f"| {label} | " + " | ".join(number_text(v) for v in report["share_still_following"]) + " |"
+                    for label, report in measured.items())]
     create_markdown_artifact(key="rlhf-summary", markdown="\n".join(lines),
-                             description=f"{config.run_name}: reward against K per round and the kept rewards' drift")
+                             description=f"{config.run_name}: reward against K per round, the kept rewards' drift, "
+                                         f"the models on held-out prompts, Ghost Attention")
+
+
+def number_text(value: Any) -> str:
+    """4 significant figures for a measure, `-` where there is none."""
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def rounds_png(reports: list[dict[str, Any]], title: str) -> bytes:
@@ -236,14 +393,22 @@ def rlhf(config: RLHFConfig = RLHFConfig(), overrides: dict[str, Any] | None = N
     config = with_overrides(config, overrides)
     config.check()
     tokenizer = model_tokenizer(config)
-    models = [config.init]
-    reports = []
+    models = {"sft": config.init}
+    reports, ppo_runs, gatt_reports = [], [], []
     for number in range(1, config.rounds + 1):
-        pool = models if config.rejection_sampling.pool == "all" else models[-1:]
+        latest = list(models.values())[-1]
+        pool = list(models.values()) if config.rejection_sampling.pool == "all" else [latest]
         sample(config, number, pool)
         reports.append(select(config, number))
-        trained = fine_tune(config, number, models[-1], tokenizer)
-        models.append(trained["run_dir"])
-    publish_rounds(config, reports)
-    return {"run_root": config.run_root, "models": models, "rounds": reports}
-
+        latest = models[f"round-{number}-rs"] = fine_tune(config, number, latest, tokenizer)["run_dir"]
+        if config.ppo is not None:
+            ppo_runs.append(proximal_policy_optimization(config, number, latest, tokenizer))
+            latest = models[f"round-{number}-ppo"] = ppo_runs[-1]["run_dir"]
+        if config.gatt is not None:
+            latest, measured = ghost_attention(config, number, latest, tokenizer)
+            models[f"round-{number}-gatt"] = latest
+            gatt_reports.append(measured)
+    evaluation = evaluate_models(config, models) if config.evaluation_prompts else None
+    publish_rounds(config, reports, evaluation, gatt_reports)
+    return {"run_root": config.run_root, "models": models, "rounds": reports, "ppo": ppo_runs,
+            "gatt": gatt_reports, "evaluation": evaluation}

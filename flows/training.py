@@ -320,8 +320,16 @@ def publish(config: RunConfig, summary: dict[str, Any]) -> None:
 
 def train(config: RunConfig) -> dict[str, Any]:
     """Validate, train (as a Ray job on a cluster, else here) and publish; returns the run's summary.
-    Called from inside a flow: its steps are that flow's tasks."""
+    A run already trained to its stop step with this very config is not trained again. Called from
+    inside a flow: its steps are that flow's tasks."""
+    from modeling.ray_job import finished_summary
+
     config = config.with_absolute_paths()
+    summary = finished_summary(config)
+    if summary is not None:
+        print(f"{config.run_name}: already trained to step {summary['steps']} with this config; reusing "
+              f"{summary['run_dir']}")
+        return summary
     address = jobs_address(config)
     validate(config, address)
     summary = train_as_ray_job(config, address) if address else train_here(config)

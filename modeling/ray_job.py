@@ -41,6 +41,7 @@ from typing import Any
 
 from modeling.run_config import RunConfig
 from modeling.run_folder import RunFolder, storage_filesystem
+from tasks.executor import fingerprint
 from tasks.storage import atomic_output, resolve, write_json_atomic
 
 log = logging.getLogger("llamaline.ray_job")
@@ -255,6 +256,25 @@ def storage_env(run_folder: RunFolder) -> tuple[str, ...]:
     return () if run_folder.is_local else S3_ENV
 
 
+def config_fingerprint(config: RunConfig) -> str:
+    return fingerprint(config.model_dump(mode="json"))
+
+
+def finished_summary(config: RunConfig) -> dict[str, Any] | None:
+    """The summary of a training job of this very config that ran to its stop step (and wrote its
+    export, when asked to), or None: a rerun of a finished run needs no job."""
+    run_folder = config.run_folder()
+    at = run_folder.location.join(SUMMARY_FILE)
+    if not at.exists():
+        return None
+    summary = at.read_json()
+    if summary.get("config_fingerprint") != config_fingerprint(config) or summary["steps"] != config.stop_step:
+        return None
+    if config.export_hf and not run_folder.location.join(HF_EXPORT, "config.json").exists():
+        return None
+    return summary
+
+
 def summarize(config: RunConfig, **extra: Any) -> dict[str, Any]:
     """What a finished run did, from its metrics log and folder."""
     run_folder = config.run_folder()
@@ -263,6 +283,7 @@ def summarize(config: RunConfig, **extra: Any) -> dict[str, Any]:
     validation = [e for e in steps if "validation_loss" in e]
     return {
         "run_dir": run_folder.uri,
+        "config_fingerprint": config_fingerprint(config),
         "model": config.model_name, "kind": config.kind,
         "steps": steps[-1]["step"] if steps else 0,
         "total_steps": config.total_steps,
