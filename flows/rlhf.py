@@ -194,7 +194,7 @@ def sample(config: RLHFConfig, number: int, pool: list[str]) -> dict[str, Any]:
                               prompts_per_part=rs.prompts_per_part, batch_size=rs.batch_size, actors=rs.actors,
                               tokenizer=config.tokenizer)
     manifest = sample_stage(config.prompts, sampling, f"{config.round_dir(number)}/samples")
-    print(f"round {number}: {manifest['samples']} answers to {manifest['prompts']} prompts from {len(pool)} "
+    print(f"round {number}: {manifest['samples']} answers to {manifest['prompts_sampled']} prompts from {len(pool)} "
           f"model(s), {manifest['tokens_per_second']:.0f} tokens/s")
     return manifest
 

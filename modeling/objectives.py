@@ -124,6 +124,10 @@ class PackedRows:
         if self.answers_only and not manifest.get("loss_mask"):
             raise ValueError(f"{config.data}: a token stage without loss masks (pretraining rows?); fine-tuning "
                              f"trains on packed dialogues (tasks.sft_tokens)")
+        workers = config.scaling.num_workers
+        if manifest["rows"] < workers:
+            raise ValueError(f"{config.data}: {manifest['rows']} rows cannot feed the run's {workers} workers; "
+                             f"give it more data or fewer workers")
         shards = len(manifest["shards"])
         if validation.holdout_shards >= shards:
             raise ValueError(f"{config.data}: validation.holdout_shards ({validation.holdout_shards}) leaves none of "

@@ -210,7 +210,8 @@ class PPORollouts:
             raise ValueError(f"{config.data}: iteration {iteration}'s longest prompt + answer has "
                              f"{manifest['max_sequence_tokens']} tokens; seq_len ({config.seq_len}) must be at least "
                              f"{manifest['max_sequence_tokens'] - 1}")
-        return manifest
+        # What every run's check reports: its rows (an iteration's rollouts) and their length at most.
+        return {**manifest, "rows": manifest["samples"], "row_tokens": manifest["max_sequence_tokens"]}
 
     def open(self, rank: int, world_size: int, device: torch.device, position: dict[str, Any] | None = None,
              validation: bool = False) -> RolloutSource:

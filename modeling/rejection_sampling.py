@@ -8,9 +8,9 @@ round's model is fine-tuned on the kept answers with the SFT objective (the flow
 Selection rewards (`selection_rewards`): one reward model's scores (`helpfulness`, `safety`), or
 `gated`, PPO's safety-gated score (`modeling.ppo.gated_scores`: the safety score where the prompt
 is tagged unsafe or the safety model is not confident the answer is safe, the helpfulness score
-elsewhere). Only answers that ended with EOS compete: an answer cut by `max_new_tokens` is not a
-whole answer to train on. A prompt without one is dropped, `no_finished_answer`, and counted, so
-`prompts = selected + dropped`. Ties go to the earliest sample in stage order (deterministic).
+elsewhere). Only usable answers compete: ended with EOS (an answer cut by `max_new_tokens` is not
+a whole answer to train on) and not blank (an empty turn is no dialogue to fine-tune on). A prompt
+without one is dropped, `no_usable_answer`, and counted, so `prompts = selected + dropped`. Ties go to the earliest sample in stage order (deterministic).
 
 The paper's figure 7 plots the max and the median reward among N samples against N, averaged over
 the prompts: how much rejection sampling can gain from more samples. `reward_vs_k` gives, per k,
@@ -29,7 +29,7 @@ import numpy as np
 
 Selection = Literal["helpfulness", "safety", "gated"]
 SELECTIONS: tuple[Selection, ...] = ("helpfulness", "safety", "gated")
-NO_FINISHED_ANSWER = "no_finished_answer"
+NO_USABLE_ANSWER = "no_usable_answer"
 SAFETY_THRESHOLD = 0.15  # Llama 2: below it the safety model's sigmoid decides (RECIPE.md, PPO)
 
 
@@ -58,25 +58,25 @@ def selection_rewards(rewards: Mapping[str, np.ndarray], unsafe: Sequence[bool] 
 
 @dataclass(frozen=True)
 class Choice:
-    """A prompt's outcome: the index (into the samples scored) of its best finished answer, or why none."""
+    """A prompt's outcome: the index (into the samples scored) of its best usable answer, or why none."""
 
     prompt_id: str
     best: int | None
     reward: float | None
-    candidates: int  # finished answers that competed
+    candidates: int  # usable answers that competed
     dropped: str | None = None
 
 
-def best_per_prompt(prompt_ids: Sequence[str], rewards: np.ndarray, finished: Sequence[bool]) -> list[Choice]:
-    """One Choice per prompt, in order of first appearance: the finished answer of the highest reward
-    (the earliest on a tie), or dropped `no_finished_answer`."""
-    if not len(prompt_ids) == len(rewards) == len(finished):
-        raise ValueError(f"{len(prompt_ids)} prompt ids, {len(rewards)} rewards, {len(finished)} finished flags")
+def best_per_prompt(prompt_ids: Sequence[str], rewards: np.ndarray, usable: Sequence[bool]) -> list[Choice]:
+    """One Choice per prompt, in order of first appearance: the usable answer of the highest reward
+    (the earliest on a tie), or dropped `no_usable_answer`."""
+    if not len(prompt_ids) == len(rewards) == len(usable):
+        raise ValueError(f"{len(prompt_ids)} prompt ids, {len(rewards)} rewards, {len(usable)} usable flags")
     if np.isnan(rewards).any():
         raise ValueError(f"{int(np.isnan(rewards).sum())} rewards are NaN: a reward model gave no score")
     best: dict[str, Choice] = {}
-    for index, (prompt_id, reward, done) in enumerate(zip(prompt_ids, rewards, finished)):
-        current = best.setdefault(prompt_id, Choice(prompt_id, None, None, 0, NO_FINISHED_ANSWER))
+    for index, (prompt_id, reward, done) in enumerate(zip(prompt_ids, rewards, usable)):
+        current = best.setdefault(prompt_id, Choice(prompt_id, None, None, 0, NO_USABLE_ANSWER))
         if not done:
             continue
         if current.best is None or reward > current.reward:
@@ -145,7 +145,7 @@ REPORT_FILE = "selection.json"
 def select_best(sample_stage: str, reward_models: Mapping[str, str], out_dir: str, *, selection: Selection,
                 safety_threshold: float = SAFETY_THRESHOLD, batch_size: int = 16) -> dict:
     """Score every sample of a finished sample stage with the reward models (name -> reward model
-    folder, a `reward` run's or its hf/ export) and keep each prompt's best finished answer; returns
+    folder, a `reward` run's or its hf/ export) and keep each prompt's best usable answer; returns
     the report (`REPORT_FILE`). A folder stage made in one go: redone only when the samples, the
     reward models' files or the selection changed."""
     from modeling.model_folders import model_digest
@@ -176,12 +176,17 @@ def select_best(sample_stage: str, reward_models: Mapping[str, str], out_dir: st
                            label="scoring samples")
         rewards = dict(zip(names, scored))
         chosen = selection_rewards(rewards, [s.unsafe for s in samples], selection, safety_threshold)
-        choices = best_per_prompt([s.prompt_id for s in samples], chosen, [s.finished for s in samples])
+        choices = best_per_prompt([s.prompt_id for s in samples], chosen, [usable(s) for s in samples])
         return write_selection(folder, samples, rewards, chosen, choices,
                                {"selection": selection, "reward_models": folders})
 
     summary = run_once(folder, expected, work)
     return folder.join(REPORT_FILE).read_json() | {"digest": summary["digest"]}
+
+
+def usable(sample) -> bool:
+    """Whether a sampled answer may be kept: whole (ended with EOS) and not blank."""
+    return sample.finished and bool(sample.answer.strip())
 
 
 def score_samples_with(samples: Sequence, batch_size: int, reward_model_folder: str) -> np.ndarray:
@@ -219,7 +224,7 @@ def write_selection(folder, samples: Sequence, rewards: Mapping[str, np.ndarray]
     with atomic_output(folder.join(SCORES_FILE)) as out:
         for index, sample in enumerate(samples):
             record = {"prompt_id": sample.prompt_id, "model": sample.model, "sample": sample.sample,
-                      "finished": sample.finished, "selection_reward": float(chosen[index]), "kept": index in kept,
+                      "finished": sample.finished, "usable": usable(sample), "selection_reward": float(chosen[index]), "kept": index in kept,
                       **{f"reward_{name}": float(scores[index]) for name, scores in sorted(rewards.items())}}
             out.write((json.dumps(record) + "\n").encode())
     dropped: dict[str, int] = {}
@@ -233,6 +238,7 @@ def write_selection(folder, samples: Sequence, rewards: Mapping[str, np.ndarray]
         **about,
         "prompts": len(choices), "selected": len(kept), "dropped": dropped, "samples": len(samples),
         "finished_samples": int(sum(s.finished for s in samples)),
+        "usable_samples": int(sum(usable(s) for s in samples)),
         "reward_vs_k": reward_vs_k([s.prompt_id for s in samples], chosen),
         "kept_rewards": reward_distribution([c.reward for c in choices if c.reward is not None]),
         "all_rewards": reward_distribution(chosen),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from modeling.rejection_sampling import (
-    NO_FINISHED_ANSWER,
+    NO_USABLE_ANSWER,
     SCORES_FILE,
     SELECTED_FILE,
     best_per_prompt,
@@ -48,15 +48,15 @@ def test_reward_vs_k_averages_the_prompts_that_have_k_samples():
     assert curve[0]["max"] <= curve[1]["max"]
 
 
-def test_best_per_prompt_keeps_the_best_finished_answer_and_counts_the_rest():
+def test_best_per_prompt_keeps_the_best_usable_answer_and_counts_the_rest():
     ids = ["p", "p", "p", "q", "q", "r"]
     rewards = np.array([0.5, 2.0, 2.0, 9.0, 1.0, 3.0])
-    finished = [True, True, True, False, True, False]
-    choices = {c.prompt_id: c for c in best_per_prompt(ids, rewards, finished)}
+    usable = [True, True, True, False, True, False]
+    choices = {c.prompt_id: c for c in best_per_prompt(ids, rewards, usable)}
     assert (choices["p"].best, choices["p"].reward, choices["p"].candidates) == (1, 2.0, 3)  # the earlier on a tie
     assert (choices["q"].best, choices["q"].reward, choices["q"].candidates) == (4, 1.0, 1)  # 9.0 was cut short
-    assert choices["r"].best is None and choices["r"].dropped == NO_FINISHED_ANSWER
-    assert [c.prompt_id for c in best_per_prompt(ids, rewards, finished)] == ["p", "q", "r"]
+    assert choices["r"].best is None and choices["r"].dropped == NO_USABLE_ANSWER
+    assert [c.prompt_id for c in best_per_prompt(ids, rewards, usable)] == ["p", "q", "r"]
 
 
 def test_best_per_prompt_refuses_missing_scores():
@@ -88,7 +88,7 @@ def test_reward_distribution():
 
 # ---------------------------------------------------------------------------------- the selection stage
 
-ANSWERS = ("kiwi plum", "hello", "HELLO", "five", "pear", "apple fig date", "no")
+ANSWERS = ("kiwi plum", "hello", "HELLO", "five", "pear", "apple fig date", "no", "")  # "" is no answer
 
 
 class ScriptedBackend:
@@ -136,7 +136,7 @@ def read_jsonl(path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-def test_the_best_finished_answer_of_every_prompt_is_kept_and_every_prompt_accounted_for(scored_round, chat_tokenizer,
+def test_the_best_usable_answer_of_every_prompt_is_kept_and_every_prompt_accounted_for(scored_round, chat_tokenizer,
                                                                                        ray_local):
     from modeling.chat_eval import score_answers
     from modeling.reward import load_reward_hf
@@ -158,10 +158,12 @@ def test_the_best_finished_answer_of_every_prompt_is_kept_and_every_prompt_accou
     assert report["prompts"] == 5 == report["selected"] + sum(report["dropped"].values())
     assert len(kept) == report["selected"] and sum(report["kept_by_model"].values()) == len(kept)
     for record in kept:
-        candidates = [s for s in scores if s["prompt_id"] == record["prompt_id"] and s["finished"]]
+        candidates = [s for s in scores if s["prompt_id"] == record["prompt_id"] and s["usable"]]
+        assert record["messages"][-1]["content"].strip()
         assert record["reward"] == max(s["selection_reward"] for s in candidates)
         assert record["messages"][-1]["role"] == "assistant" and record["messages"][0]["role"] == "user"
     assert sum(s["kept"] for s in scores) == len(kept)
+    assert all(s["usable"] == (s["finished"] and bool(sample.answer.strip())) for s, sample in zip(scores, samples))
     assert [point["k"] for point in report["reward_vs_k"]] == list(range(1, 7))  # 2 models x K = 3
     # Reused when nothing changed; the gated selection is another stage.
     assert select_best(stage, judges, str(out), selection="helpfulness")["digest"] == report["digest"]
