@@ -8,7 +8,9 @@ mixture into shuffled training rows and pretrains the debug-size model on them w
 Then it fine-tunes that model with the `sft` flow: synthetic instruction dialogues
 (`tasks/synthetic/instructions.py`) ingested, packed with the demo's tokenizer and trained on, and
 trains a reward model from the chat model with the `reward` flow on synthetic comparisons whose
-better answer is known (`tasks/synthetic/comparisons.py`), evaluated on the held-out ones.
+better answer is known (`tasks/synthetic/comparisons.py`), evaluated on the held-out ones, and runs
+one debug round of RLHF with the `rlhf` flow: rejection sampling on synthetic instruction prompts
+judged by that reward model, then two PPO iterations, every model scored on held-out prompts.
 Last, the `evaluate` flow scores the base model (each checkpoint of its run) and the chat model on
 the synthetic benchmarks with known answers (`tasks/synthetic/benchmarks.py`).
 """
@@ -28,6 +30,7 @@ from flows.mix import MixConfig, mix
 from flows.pretrain import pretrain
 from flows.quality import TrainQualityConfig, train_quality_model
 from flows.reward import RewardFlowConfig, reward
+from flows.rlhf import RLHFConfig, rlhf
 from flows.sft import SFTFlowConfig, sft
 from flows.shards import ShardsConfig, shards
 from flows.tokenizer import TrainTokenizerConfig, train_tokenizer_flow
@@ -57,6 +60,17 @@ class DemoConfig(BaseModel):
 @task(retries=2, retry_delay_seconds=5)
 def generate_inputs(source: str, folder: str, seed: int) -> list[str]:
     return importlib.import_module(f"tasks.synthetic.{source}").write_inputs(folder, seed)
+
+
+@task
+def write_prompt_sets(folder: str, seed: int) -> tuple[str, str]:
+    """The rounds' prompts and held-out ones, synthetic instructions with their right answers."""
+    from tasks.synthetic.instructions import write_prompts
+
+    root = resolve(folder)
+    root.makedirs()
+    return (str(write_prompts(root.join("prompts.jsonl").path, n=64, seed=seed + 101)),
+            str(write_prompts(root.join("held-out.jsonl").path, n=32, seed=seed + 202)))
 
 
 @flow(name="demo", log_prints=True)
@@ -97,12 +111,17 @@ def demo(config: DemoConfig = DemoConfig()) -> dict[str, Any]:
         training=reward_debug_run(run_name="demo-reward", data=root.join("reward-tokens").uri,
                                   output=root.join("runs").uri, init=fine_tuned["run_dir"], seed=config.seed),
     ))
+    prompts, held_out_prompts = write_prompt_sets(root.join("raw", "prompts").uri, config.seed)
+    rounds = rlhf(RLHFConfig(output=root.join("rlhf").uri, init=fine_tuned["run_dir"], prompts=[prompts],
+                             reward_models={"helpfulness": rewarded["run_dir"]}, seed=config.seed,
+                             evaluation_prompts=held_out_prompts))
     reward_report = rewarded["evaluation"]["synthetic"]
     print(f"demo: {sum(s['kept'] for s in report['by_source'].values())} curated documents in {report['stage_dir']}; "
           f"debug model loss {trained['first_loss']:.3f} -> {trained['final_loss']:.3f} in {trained['run_dir']}; "
           f"fine-tuned on instructions, loss {fine_tuned['first_loss']:.3f} -> {fine_tuned['final_loss']:.3f} "
           f"in {fine_tuned['run_dir']}; reward model held-out accuracy {reward_report['accuracy']:.3f} "
-          f"({reward_report['pairs']} pairs) in {rewarded['run_dir']}")
+          f"({reward_report['pairs']} pairs) in {rewarded['run_dir']}; RLHF round in {rounds['run_root']}: "
+          + ", ".join(f"{row['model']} exact match {row['exact_match']:.3f}" for row in rounds["evaluation"]))
     # Last step: the base model at each checkpoint, then the chat model, on the synthetic benchmarks.
     evaluate(EvaluateConfig(checkpoints=[CheckpointSource(path=trained["run_dir"], every_checkpoint=True),
                                          fine_tuned["run_dir"]], seed=config.seed))

@@ -39,10 +39,13 @@ from flows.figures import png_bytes, pyplot
 from flows.ppo import PPOFlowConfig, ppo
 from flows.sft import SFTFlowConfig, sft
 from modeling.ppo_training import PPOConfig
+from modeling.ppo_training import debug_run as ppo_debug_run
+from modeling.ppo_training import llama2_7b_chat_run as ppo_llama2_7b_chat_run
 from modeling.rejection_sampling import Selection, needed_reward_models
 from modeling.run_config import with_overrides
 from modeling.sft import SFTConfig
 from modeling.sft import debug_run as sft_debug_run
+from modeling.sft import llama2_7b_chat_run as sft_llama2_7b_chat_run
 from tasks.settings import default_data_root
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
@@ -99,27 +102,37 @@ class GAttConfig(BaseModel):
         return self
 
 
+def demo_path(*parts: str) -> str:
+    return "/".join([default_data_root(), "demo", *parts])
+
+
 class RLHFConfig(BaseModel):
+    """A run of rounds. The defaults are the `debug` round on what `make demo` made (its chat and
+    reward models, its prompt sets); `llama2_7b_chat` is Llama 2-Chat 7B's."""
+
     model_config = ConfigDict(extra="forbid")
 
     run_name: str = Field("rlhf-debug", pattern=NAME_PATTERN)
-    output: str = Field(default_factory=lambda: f"{default_data_root()}/rlhf", description="Where runs live")
-    init: str = Field(default_factory=lambda: f"{default_data_root()}/demo/runs/demo-sft",
+    output: str = Field(default_factory=lambda: demo_path("rlhf"), description="Where runs live")
+    init: str = Field(default_factory=lambda: demo_path("runs", "demo-sft"),
                       description="The SFT model the rounds start from: a run folder (its hf/ export) or a Hugging "
                                   "Face folder")
-    prompts: list[str] = Field(default_factory=list, description="Prompt sets (JSON lines of {\"messages\": [...]} "
-                                                                 "ending with a user turn, optionally \"unsafe\")")
-    reward_models: dict[str, str] = Field(default_factory=dict, description="Reward model folders by name: "
-                                                                            "helpfulness, safety")
+    prompts: list[str] = Field(default_factory=lambda: [demo_path("raw", "prompts", "prompts.jsonl")],
+                               description="Prompt sets (JSON lines of {\"messages\": [...]} ending with a user turn, "
+                                           "optionally \"unsafe\")")
+    reward_models: dict[str, str] = Field(default_factory=lambda: {"helpfulness": demo_path("runs", "demo-reward")},
+                                          description="Reward model folders by name: helpfulness, safety")
     tokenizer: str | None = Field(None, description="tokenizer.model; None: the SFT model's")
     rounds: int = Field(1, ge=1, description="Rounds (Llama 2: five, RLHF-V1..V5)")
     seed: int = Field(0, ge=0, description="Seed of the sampling; round N samples with seed + N")
     rejection_sampling: RejectionSamplingConfig = Field(default_factory=RejectionSamplingConfig)
-    ppo: PPOFlowConfig | None = Field(None, description="PPO after each round's rejection sampling; its prompts, "
-                                                        "reward models, workspace and init are the round's")
+    ppo: PPOFlowConfig | None = Field(default_factory=lambda: PPOFlowConfig(training=ppo_debug_run(iterations=2)),
+                                      description="PPO after each round's rejection sampling (None: none); its "
+                                                  "prompts, reward models, workspace and init are the round's")
     gatt: GAttConfig | None = Field(None, description="Ghost Attention at each round's end")
-    evaluation_prompts: str | None = Field(None, description="A held-out prompt set every model answers (greedy), "
-                                                             "judged by the reward models")
+    evaluation_prompts: str | None = Field(default_factory=lambda: demo_path("raw", "prompts", "held-out.jsonl"),
+                                           description="A held-out prompt set every model answers (greedy), judged "
+                                                       "by the reward models")
     evaluation_max_new_tokens: int = Field(24, ge=1)
 
     @model_validator(mode="after")
@@ -179,6 +192,31 @@ def reward_model_export(folder: str, name: str) -> Path:
     if not (export / "tokenizer.model").is_file():
         raise FileNotFoundError(f"reward_models.{name}: {export} has no tokenizer.model to read answers with")
     return export
+
+
+def llama2_7b_chat(**overrides: Any) -> RLHFConfig:
+    """Llama 2-Chat 7B's rounds (RECIPE.md) from the llama2-7b-chat SFT run and the two 7B reward
+    models: five rounds; rejection sampling of 10 answers a prompt at temperature 1.2 from every
+    earlier model, the best by the safety-gated reward, fine-tuned on as SFT was; PPO of 200
+    iterations (512 samples, 64 a step, lr 1e-6 constant, clip 0.2, beta 0.01); Ghost Attention on
+    conversations of up to 20 turns. The prompt sets (and held-out prompts) are given at run time."""
+    runs = f"{default_data_root()}/runs"
+    settings: dict[str, Any] = dict(
+        run_name="llama2-7b-chat-rlhf", output=f"{default_data_root()}/rlhf", init=f"{runs}/llama2-7b-chat-sft",
+        prompts=[], reward_models={"helpfulness": f"{runs}/llama2-7b-reward-helpful",
+                                   "safety": f"{runs}/llama2-7b-reward-safety"},
+        rounds=5, evaluation_prompts=None, evaluation_max_new_tokens=512,
+        rejection_sampling=RejectionSamplingConfig(
+            samples_per_prompt=10, temperature=1.2, max_new_tokens=1024, pool="all", selection="gated",
+            prompts_per_part=256, batch_size=64, actors=8, training=sft_llama2_7b_chat_run()),
+        ppo=PPOFlowConfig(max_new_tokens=1024, batch_size=64, actors=8, training=ppo_llama2_7b_chat_run()),
+        gatt=GAttConfig(dialogues=2000, held_out=200, kinds=["language", "form", "persona", "hobby"], min_turns=2,
+                        max_turns=20, max_new_tokens=256, training=sft_llama2_7b_chat_run(epochs=1)),
+    )
+    return RLHFConfig.model_validate(RLHFConfig(**settings).model_dump() | overrides)
+
+
+PRESETS = {"debug": RLHFConfig, "llama2-7b-chat": llama2_7b_chat}
 
 
 # ---------------------------------------------------------------------------------- the steps
@@ -387,10 +425,12 @@ def rounds_png(reports: list[dict[str, Any]], title: str) -> bytes:
 
 
 @flow(name="rlhf", log_prints=True)
-def rlhf(config: RLHFConfig = RLHFConfig(), overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """`overrides` changes single fields of `config` at run time, e.g. {"prompts": ["/data/prompts.jsonl"],
-    "reward_models": {"helpfulness": "/runs/reward-helpful"}} or {"rounds": 3}."""
-    config = with_overrides(config, overrides)
+def rlhf(config: RLHFConfig | None = None, preset: Literal["debug", "llama2-7b-chat"] = "debug",
+         overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`config`, or the `preset` (debug: one round on the demo's models), with `overrides` changing single
+    fields at run time, e.g. {"prompts": ["/data/prompts.jsonl"]} or {"rounds": 3, "ppo": {"training":
+    {"iterations": 50}}}."""
+    config = with_overrides(config or PRESETS[preset](), overrides)
     config.check()
     tokenizer = model_tokenizer(config)
     models = {"sft": config.init}

@@ -399,7 +399,7 @@ def llama2_7b_chat_run(**overrides: Any) -> PPOConfig:
     iterations; 8 GPU workers with FSDP2 and bf16 autocast, sequences up to 4096 tokens."""
     settings: dict[str, Any] = dict(
         run_name="llama2-7b-chat-ppo", model="llama2-7b", data=f"{default_data_root()}/ppo-rollouts",
-        init=f"{default_data_root()}/runs/llama2-7b-chat-sft", value_init=f"{default_data_root()}/runs/llama2-7b-reward",
+        init=f"{default_data_root()}/runs/llama2-7b-chat-sft", value_init=f"{default_data_root()}/runs/llama2-7b-reward-helpful",
         iterations=200, batch_samples=512, mini_batch_samples=64, seq_len=4096, micro_batch_rows=2, kl_beta=0.01,
         parallelism={"activation_checkpointing": "all", "mixed_precision": "bf16"},
         scaling={"num_workers": 8, "use_gpu": True, "cpus_per_worker": 8, "gpu_memory_gib": 80},

@@ -165,3 +165,24 @@ def test_demo_evaluates_its_base_model_at_each_checkpoint_and_its_chat_model(dem
     last = folder_checkpoints(str(root / "demo" / "runs" / "demo"), every_checkpoint=True)[-1]
     exported = load_hf(root / "demo" / "runs" / "demo" / "hf").state_dict()
     assert all(torch.equal(tensor, exported[name]) for name, tensor in last.load()[0].state_dict().items())
+
+
+def test_demo_runs_a_debug_rlhf_round_on_its_chat_and_reward_models(demo_run):
+    _, _, root = demo_run
+    round_dir = root / "demo" / "rlhf" / "rlhf-debug" / "round-01"
+    samples = json.loads((round_dir / "samples" / "_manifest.json").read_text())
+    assert samples["prompts_read"] == 64 == samples["prompts_sampled"] + sum(samples["prompts_skipped"].values())
+    selection = json.loads((round_dir / "selection" / "selection.json").read_text())
+    assert selection["prompts"] == selection["selected"] + sum(selection["dropped"].values())
+    assert selection["reward_models"]["helpfulness"] == str(root / "demo" / "runs" / "demo-reward" / "hf")
+    rs_run = root / "demo" / "rlhf" / "rlhf-debug" / "runs" / "rlhf-debug-round-01-rs"
+    ppo_run = root / "demo" / "rlhf" / "rlhf-debug" / "runs" / "rlhf-debug-round-01-ppo"
+    assert json.loads((rs_run / "summary.json").read_text())["kind"] == "sft"
+    ppo = json.loads((ppo_run / "summary.json").read_text())
+    assert ppo["kind"] == "ppo" and ppo["steps"] == 2 * 4  # two iterations of 32 samples, 8 a step
+    for iteration in (0, 1):
+        rollouts = json.loads((round_dir / "ppo" / "rollouts" / f"iteration-{iteration:04d}" / "_manifest.json").read_text())
+        assert rollouts["samples"] == 32 and rollouts["within_bounds"] and rollouts["reward_safety"] is None
+    [evaluation] = [json.loads(a.data) for a in _artifacts(["rlhf-evaluation"])][-1:]
+    assert [row["model"] for row in evaluation] == ["sft", "round-1-rs", "round-1-ppo"]
+    assert all(row["prompts"] == 32 and 0 <= row["exact_match"] <= 1 for row in evaluation)
