@@ -360,6 +360,54 @@ def reward(
         console.print(f"held-out {name}: accuracy {report['accuracy']:.3f} over {report['pairs']} pairs ({by_rating})")
 
 
+@app.command()
+def rlhf(
+    prompts: Annotated[list[str] | None, typer.Option("--prompts", help="A prompt set to sample answers to (repeatable; "
+                                                                        "JSON lines of {\"messages\": [...]})")] = None,
+    reward_model: Annotated[list[str] | None, typer.Option(
+        "--reward-model", help="NAME=FOLDER: the helpfulness or safety reward model (repeatable)")] = None,
+    init: Annotated[str | None, typer.Option(help="The SFT model the rounds start from (a run or HF folder)")] = None,
+    rounds: Annotated[int | None, typer.Option(min=1, help="Rounds of rejection sampling (then PPO, GAtt)")] = None,
+    evaluation_prompts: Annotated[str | None, typer.Option(help="Held-out prompts every model answers")] = None,
+    preset: Annotated[str, typer.Option(help="Starting point: debug (one round on the demo's models, CPUs) or "
+                                             "llama2-7b-chat (five rounds by the paper, GPUs)")] = "debug",
+    config_file: Annotated[Path | None, typer.Option("--config", help="An RLHFConfig as JSON or YAML instead")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Change a field: --set ppo.training.iterations=50 "
+                                                                 "--set rejection_sampling.samples_per_prompt=16 "
+                                                                 "--set ppo=null")] = None,
+    print_config: Annotated[bool, typer.Option(help="Print the resulting config as JSON and exit")] = False,
+) -> None:
+    """Rounds of rejection sampling, PPO and Ghost Attention on a chat model (the `rlhf` flow).
+
+    Exit code 0: done; 1: the run failed (what it cannot use is named before any work); 2: the
+    config is invalid (nothing started).
+    """
+    from flows.rlhf import PRESETS, RLHFConfig
+
+    config = _run_config(RLHFConfig, PRESETS, preset, config_file, set_)
+    given = {"prompts": [_absolute(path) for path in prompts] if prompts else None,
+             "reward_models": {name: _absolute(folder) for name, folder in
+                               (_name_and_path("--reward-model", a, "NAME=FOLDER") for a in reward_model or [])} or None,
+             "init": _absolute(init) if init else None, "rounds": rounds,
+             "evaluation_prompts": _absolute(evaluation_prompts) if evaluation_prompts else None}
+    config = _config(RLHFConfig, **(config.model_dump() | {k: v for k, v in given.items() if v is not None}))
+    if print_config:
+        print(config.model_dump_json(indent=2))
+        return
+    use_running_stack()
+    from flows.rlhf import rlhf as rlhf_flow
+
+    result = _run(rlhf_flow, config)
+    for number, report in enumerate(result["rounds"], 1):
+        console.print(f"round {number}: kept the best of {report['selected']} prompts' answers, mean reward "
+                      f"{report['kept_rewards'].get('mean', float('nan')):.4g}")
+    for row in result["evaluation"] or []:
+        rewards = ", ".join(f"{name} {value:.4g}" for name, value in row.items() if name.startswith("mean_"))
+        exact = "-" if row["exact_match"] is None else f"{row['exact_match']:.3f}"
+        console.print(f"{row['model']}: exact match {exact}, {rewards}")
+    console.print(f"models: {', '.join(f'{label} {folder}' for label, folder in result['models'].items())}")
+
+
 def _run_config(config_class: type, presets: dict, preset: str, config_file: Path | None, assignments: list[str] | None):
     """A training run's config: a preset or a file, with --set FIELD=VALUE changes; exit 2 when invalid."""
     import yaml

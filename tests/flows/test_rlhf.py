@@ -16,7 +16,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from pydantic import ValidationError
 
 from flows.ppo import PPOFlowConfig
-from flows.rlhf import GAttConfig, RejectionSamplingConfig, RLHFConfig, rlhf
+from flows.rlhf import PRESETS, GAttConfig, RejectionSamplingConfig, RLHFConfig, rlhf
 from modeling.checkpoints import save_hf
 from modeling.configs import ModelConfig
 from modeling.ppo_training import debug_run as ppo_debug_run
@@ -169,3 +169,27 @@ def test_what_cannot_work_is_refused_before_any_step(tmp_path, round_run):
         config.model_copy(update={"reward_models": {**config.reward_models, "safety": config.init}}).check()
     with pytest.raises(ValidationError, match="the reward models are helpfulness and safety"):
         RLHFConfig(reward_models={"harmless": "x"})
+
+
+def rlhf_deployment(name: str) -> dict:
+    import yaml
+
+    deployments = yaml.safe_load((Path(__file__).resolve().parents[2] / "prefect.yaml").read_text())["deployments"]
+    return next(d for d in deployments if d["entrypoint"] == "flows.rlhf:rlhf" and d["name"] == name)
+
+
+def test_the_deployments_are_the_presets_and_the_papers_run_asks_for_its_prompts(monkeypatch, tmp_path):
+    monkeypatch.setenv("LLAMALINE_DATA", str(tmp_path))  # what `llamaline up` gives the worker
+    assert rlhf_deployment("debug")["parameters"] == {"preset": "debug"}
+    assert rlhf_deployment("llama2-7b-chat")["parameters"] == {"preset": "llama2-7b-chat"}
+    paper = PRESETS["llama2-7b-chat"]()
+    rs, ppo = paper.rejection_sampling, paper.ppo.training
+    assert (paper.rounds, rs.samples_per_prompt, rs.temperature, rs.pool, rs.selection) == (5, 10, 1.2, "all", "gated")
+    assert (ppo.batch_samples, ppo.mini_batch_samples, ppo.peak_lr, ppo.clip_ratio, ppo.kl_beta) == (512, 64, 1e-6, 0.2, 0.01)
+    assert paper.gatt.max_turns == 20 and paper.init == f"{tmp_path}/runs/llama2-7b-chat-sft"
+    assert paper.reward_models == {"helpfulness": f"{tmp_path}/runs/llama2-7b-reward-helpful",
+                                   "safety": f"{tmp_path}/runs/llama2-7b-reward-safety"}
+    with pytest.raises(ValueError, match="no prompts"):  # given at run time; a run without them stops at once
+        paper.check()
+    debug = PRESETS["debug"]()
+    assert debug.prompts == [f"{tmp_path}/demo/raw/prompts/prompts.jsonl"] and debug.ppo.training.iterations == 2

@@ -17,7 +17,7 @@ from tests.tasks.test_stage import make_spec, make_units
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["up"], ["status"], ["down"], ["demo"], ["shards"], ["ingest"], ["curate"], ["train-quality-model"], ["train-tokenizer"], ["tokenize"], ["mix"], ["pretrain"], ["sft"], ["reward"], ["evaluate"]])
+@pytest.mark.parametrize("command", [[], ["up"], ["status"], ["down"], ["demo"], ["shards"], ["ingest"], ["curate"], ["train-quality-model"], ["train-tokenizer"], ["tokenize"], ["mix"], ["pretrain"], ["sft"], ["reward"], ["rlhf"], ["evaluate"]])
 def test_every_command_has_help(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -97,6 +97,22 @@ def test_reward_builds_its_flow_config_from_roles_a_preset_and_sets_and_refuses_
     assert runner.invoke(app, ["reward", "--mixture", "safety", "--role", "safety"]).exit_code == 2
     assert runner.invoke(app, ["reward", "--hh-role", "safety"]).exit_code == 2
     assert runner.invoke(app, ["reward", "--set", "margins=huge"]).exit_code == 2
+
+
+def test_rlhf_builds_its_config_from_a_preset_options_and_sets_and_refuses_a_bad_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shown = runner.invoke(app, ["rlhf", "--preset", "llama2-7b-chat", "--prompts", "p/a.jsonl", "--prompts", "p/b.jsonl",
+                                "--reward-model", "safety=runs/safe", "--rounds", "2", "--set", "gatt=null",
+                                "--set", "ppo.training.iterations=50", "--print-config"])
+    assert shown.exit_code == 0, shown.output
+    config = json.loads(shown.output)
+    assert config["prompts"] == [str(tmp_path / "p" / "a.jsonl"), str(tmp_path / "p" / "b.jsonl")]
+    assert config["reward_models"] == {"safety": str(tmp_path / "runs" / "safe")}  # the options replace the preset's
+    assert (config["rounds"], config["gatt"], config["ppo"]["training"]["iterations"]) == (2, None, 50)
+    assert config["rejection_sampling"]["samples_per_prompt"] == 10  # the rest is the preset's
+    assert runner.invoke(app, ["rlhf", "--reward-model", "harmless=x"]).exit_code == 2
+    assert runner.invoke(app, ["rlhf", "--set", "rejection_sampling.selection=best"]).exit_code == 2
+    assert runner.invoke(app, ["rlhf", "--preset", "llama3"]).exit_code == 2
 
 
 def test_evaluate_builds_its_config_from_options_over_a_file_and_refuses_a_bad_one(tmp_path, monkeypatch):
