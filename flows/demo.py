@@ -18,7 +18,7 @@ the synthetic benchmarks with known answers (`tasks/synthetic/benchmarks.py`).
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, task
 from pydantic import BaseModel, Field, field_validator
@@ -47,6 +47,9 @@ class DemoConfig(BaseModel):
     data_root: str = Field(default_factory=default_data_root, description="Where the demo writes (path or URI)")
     seed: int = Field(0, description="Seed of the synthetic inputs")
     sources: list[str] = Field(default_factory=available_sources, description="Sources to run (default: all with a reader)")
+    through: Literal["pretrain", "sft", "reward", "rlhf", "evaluate"] = Field(
+        "evaluate", description="The last step to run: pretrain stops once the debug model is pretrained (the data "
+                                "side and Ray Train, a few minutes); evaluate runs everything")
 
     @field_validator("sources")
     @classmethod
@@ -71,6 +74,39 @@ def write_prompt_sets(folder: str, seed: int) -> tuple[str, str]:
     root.makedirs()
     return (str(write_prompts(root.join("prompts.jsonl").path, n=64, seed=seed + 101)),
             str(write_prompts(root.join("held-out.jsonl").path, n=32, seed=seed + 202)))
+
+
+def fine_tune_and_align(config: DemoConfig, root, tokenizer: str, trained: dict[str, Any], said: list[str]) -> str:
+    """SFT on synthetic instructions, then (as far as `config.through` says) a reward model on synthetic
+    comparisons and a debug RLHF round; returns the chat model's run folder."""
+    dialogues = generate_inputs("instructions", root.join("raw", "instructions").uri, config.seed)
+    fine_tuned = sft(SFTFlowConfig(
+        inputs=dialogues, source="instructions", tokenizer=f"{tokenizer}/tokenizer.model", pack_seed=config.seed,
+        training=sft_debug_run(run_name="demo-sft", data=root.join("sft-tokens").uri, output=root.join("runs").uri,
+                               init=trained["run_dir"], seed=config.seed),
+    ))
+    said.append(f"fine-tuned on instructions, loss {fine_tuned['first_loss']:.3f} -> {fine_tuned['final_loss']:.3f} "
+                f"in {fine_tuned['run_dir']}")
+    if config.through == "sft":
+        return fine_tuned["run_dir"]
+    comparisons = generate_inputs("comparisons", root.join("raw", "comparisons").uri, config.seed)
+    rewarded = reward(RewardFlowConfig(
+        inputs=comparisons, source="synthetic", tokenizer=f"{tokenizer}/tokenizer.model", pack_seed=config.seed,
+        training=reward_debug_run(run_name="demo-reward", data=root.join("reward-tokens").uri,
+                                  output=root.join("runs").uri, init=fine_tuned["run_dir"], seed=config.seed),
+    ))
+    reward_report = rewarded["evaluation"]["synthetic"]
+    said.append(f"reward model held-out accuracy {reward_report['accuracy']:.3f} ({reward_report['pairs']} pairs) in "
+                f"{rewarded['run_dir']}")
+    if config.through == "reward":
+        return fine_tuned["run_dir"]
+    prompts, held_out_prompts = write_prompt_sets(root.join("raw", "prompts").uri, config.seed)
+    rounds = rlhf(RLHFConfig(output=root.join("rlhf").uri, init=fine_tuned["run_dir"], prompts=[prompts],
+                             reward_models={"helpfulness": rewarded["run_dir"]}, seed=config.seed,
+                             evaluation_prompts=held_out_prompts))
+    said.append(f"RLHF round in {rounds['run_root']}: " + ", ".join(
+        f"{row['model']} exact match {row['exact_match']:.3f}" for row in rounds["evaluation"]))
+    return fine_tuned["run_dir"]
 
 
 @flow(name="demo", log_prints=True)
@@ -99,30 +135,13 @@ def demo(config: DemoConfig = DemoConfig()) -> dict[str, Any]:
     held_out = {"holdout_shards": 1, "interval_steps": 10, "rows": 16} if len(tokens["shards"]) > 1 else {}
     trained = pretrain(debug_run(run_name="demo", data=root.join("tokens").uri, output=root.join("runs").uri,
                                  tokenizer=f"{tokenizer}/tokenizer.model", seed=config.seed, validation=held_out))
-    dialogues = generate_inputs("instructions", root.join("raw", "instructions").uri, config.seed)
-    fine_tuned = sft(SFTFlowConfig(
-        inputs=dialogues, source="instructions", tokenizer=f"{tokenizer}/tokenizer.model", pack_seed=config.seed,
-        training=sft_debug_run(run_name="demo-sft", data=root.join("sft-tokens").uri, output=root.join("runs").uri,
-                               init=trained["run_dir"], seed=config.seed),
-    ))
-    comparisons = generate_inputs("comparisons", root.join("raw", "comparisons").uri, config.seed)
-    rewarded = reward(RewardFlowConfig(
-        inputs=comparisons, source="synthetic", tokenizer=f"{tokenizer}/tokenizer.model", pack_seed=config.seed,
-        training=reward_debug_run(run_name="demo-reward", data=root.join("reward-tokens").uri,
-                                  output=root.join("runs").uri, init=fine_tuned["run_dir"], seed=config.seed),
-    ))
-    prompts, held_out_prompts = write_prompt_sets(root.join("raw", "prompts").uri, config.seed)
-    rounds = rlhf(RLHFConfig(output=root.join("rlhf").uri, init=fine_tuned["run_dir"], prompts=[prompts],
-                             reward_models={"helpfulness": rewarded["run_dir"]}, seed=config.seed,
-                             evaluation_prompts=held_out_prompts))
-    reward_report = rewarded["evaluation"]["synthetic"]
-    print(f"demo: {sum(s['kept'] for s in report['by_source'].values())} curated documents in {report['stage_dir']}; "
-          f"debug model loss {trained['first_loss']:.3f} -> {trained['final_loss']:.3f} in {trained['run_dir']}; "
-          f"fine-tuned on instructions, loss {fine_tuned['first_loss']:.3f} -> {fine_tuned['final_loss']:.3f} "
-          f"in {fine_tuned['run_dir']}; reward model held-out accuracy {reward_report['accuracy']:.3f} "
-          f"({reward_report['pairs']} pairs) in {rewarded['run_dir']}; RLHF round in {rounds['run_root']}: "
-          + ", ".join(f"{row['model']} exact match {row['exact_match']:.3f}" for row in rounds["evaluation"]))
-    # Last step: the base model at each checkpoint, then the chat model, on the synthetic benchmarks.
-    evaluate(EvaluateConfig(checkpoints=[CheckpointSource(path=trained["run_dir"], every_checkpoint=True),
-                                         fine_tuned["run_dir"]], seed=config.seed))
+    said = [f"{sum(s['kept'] for s in report['by_source'].values())} curated documents in {report['stage_dir']}",
+            f"debug model loss {trained['first_loss']:.3f} -> {trained['final_loss']:.3f} in {trained['run_dir']}"]
+    if config.through != "pretrain":
+        fine_tuned = fine_tune_and_align(config, root, tokenizer, trained, said)
+        if config.through == "evaluate":
+            # Last step: the base model at each checkpoint, then the chat model, on the synthetic benchmarks.
+            evaluate(EvaluateConfig(checkpoints=[CheckpointSource(path=trained["run_dir"], every_checkpoint=True),
+                                                 fine_tuned], seed=config.seed))
+    print("demo: " + "; ".join(said))
     return report
