@@ -63,6 +63,8 @@ class PPOFlowConfig(BaseModel):
     prompt_seed: int = Field(0, ge=0, description="Seed of each iteration's draw of prompts")
     batch_size: int = Field(16, ge=1, description="Prompts decoded, sequences scored at once")
     actors: int = Field(1, ge=1, description="Ray actors sampling in parallel, each holding the policy")
+    gpus: float = Field(0, ge=0, description="GPUs each sampling actor and each role's scoring task holds (its "
+                                             "model then runs on the GPU); 0: CPU")
     training: PPOConfig = Field(default_factory=debug_run, description="The PPO run; its data is set to the "
                                                                        "workspace's rollouts")
 
@@ -168,7 +170,8 @@ def sample(config: PPOFlowConfig, run: PPOConfig, iteration: int, prompts_file: 
     policy, _ = policy_folders(run, iteration)
     sampling = SamplingConfig(models=[policy], samples_per_prompt=1, max_new_tokens=config.max_new_tokens,
                               temperature=run.temperature, top_p=config.top_p, seed=run.seed * 10_000 + iteration,
-                              batch_size=config.batch_size, actors=config.actors, tokenizer=run.tokenizer)
+                              batch_size=config.batch_size, actors=config.actors, gpus_per_actor=config.gpus,
+                              tokenizer=run.tokenizer)
     manifest = sample_stage([prompts_file], sampling, config.samples_stage(iteration))
     if manifest["samples"] != run.batch_samples:
         raise RuntimeError(f"PPO iteration {iteration}: {manifest['samples']} samples, not batch_samples "
@@ -176,10 +179,10 @@ def sample(config: PPOFlowConfig, run: PPOConfig, iteration: int, prompts_file: 
     return manifest
 
 
-def score_role_task(samples: list, temperature: float, batch_size: int, role: str, folder: str):
+def score_role_task(samples: list, temperature: float, batch_size: int, device: str, role: str, folder: str):
     from modeling.rollouts import score_role
 
-    return score_role(samples, role, folder, temperature=temperature, batch_size=batch_size)
+    return score_role(samples, role, folder, temperature=temperature, batch_size=batch_size, device=device)
 
 
 @task
@@ -206,7 +209,8 @@ def score(config: PPOFlowConfig, run: PPOConfig, iteration: int) -> dict[str, An
     roles = {"policy": policy, "reference": run.init, "value": value, **config.reward_models}
     names = sorted(roles)
     scored = dict(zip(names, run_tasks(score_role_task, [(name, str(roles[name])) for name in names],
-                                       shared=(samples, run.temperature, config.batch_size),
+                                       shared=(samples, run.temperature, config.batch_size,
+                                               "cuda" if config.gpus else "cpu"), num_gpus=config.gpus,
                                        label=f"PPO iteration {iteration}: scoring")))
     settings = run.rollout_settings()
     rollouts = assemble_rollouts(samples, scored["policy"], scored["reference"], scored["value"],

@@ -70,6 +70,8 @@ class RejectionSamplingConfig(BaseModel):
     prompts_per_part: int = Field(64, ge=1, description="Prompts a sampling part holds (the unit of resume)")
     batch_size: int = Field(16, ge=1, description="Prompts decoded at once")
     actors: int = Field(1, ge=1, description="Ray actors sampling in parallel, each holding a model")
+    gpus: float = Field(0, ge=0, description="GPUs each sampling actor and each reward model's scoring task holds; "
+                                             "0: CPU")
     training: SFTConfig = Field(default_factory=lambda: sft_debug_run(epochs=1),
                                 description="The fine-tuning on the kept answers; data, output, init and run_name "
                                             "are set per round")
@@ -208,8 +210,8 @@ def llama2_7b_chat(**overrides: Any) -> RLHFConfig:
         rounds=5, evaluation_prompts=None, evaluation_max_new_tokens=512,
         rejection_sampling=RejectionSamplingConfig(
             samples_per_prompt=10, temperature=1.2, max_new_tokens=1024, pool="all", selection="gated",
-            prompts_per_part=256, batch_size=64, actors=8, training=sft_llama2_7b_chat_run()),
-        ppo=PPOFlowConfig(max_new_tokens=1024, batch_size=64, actors=8, training=ppo_llama2_7b_chat_run()),
+            prompts_per_part=256, batch_size=64, actors=8, gpus=1, training=sft_llama2_7b_chat_run()),
+        ppo=PPOFlowConfig(max_new_tokens=1024, batch_size=64, actors=8, gpus=1, training=ppo_llama2_7b_chat_run()),
         gatt=GAttConfig(dialogues=2000, held_out=200, kinds=["language", "form", "persona", "hobby"], min_turns=2,
                         max_turns=20, max_new_tokens=256, training=sft_llama2_7b_chat_run(epochs=1)),
     )
@@ -230,7 +232,7 @@ def sample(config: RLHFConfig, number: int, pool: list[str]) -> dict[str, Any]:
     sampling = SamplingConfig(models=pool, samples_per_prompt=rs.samples_per_prompt, max_new_tokens=rs.max_new_tokens,
                               temperature=rs.temperature, top_p=rs.top_p, seed=config.seed + number,
                               prompts_per_part=rs.prompts_per_part, batch_size=rs.batch_size, actors=rs.actors,
-                              tokenizer=config.tokenizer)
+                              gpus_per_actor=rs.gpus, tokenizer=config.tokenizer)
     manifest = sample_stage(config.prompts, sampling, f"{config.round_dir(number)}/samples")
     print(f"round {number}: {manifest['samples']} answers to {manifest['prompts_sampled']} prompts from {len(pool)} "
           f"model(s), {manifest['tokens_per_second']:.0f} tokens/s")
@@ -243,7 +245,8 @@ def select(config: RLHFConfig, number: int) -> dict[str, Any]:
 
     rs = config.rejection_sampling
     report = select_best(f"{config.round_dir(number)}/samples", config.reward_models,
-                         f"{config.round_dir(number)}/selection", selection=rs.selection, batch_size=rs.batch_size)
+                         f"{config.round_dir(number)}/selection", selection=rs.selection, batch_size=rs.batch_size,
+                         gpus=rs.gpus)
     kept = report["kept_rewards"]
     create_table_artifact(key="rlhf-round", table=[
         {"round": number, "prompts": report["prompts"], "selected": report["selected"],

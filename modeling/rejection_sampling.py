@@ -143,11 +143,12 @@ REPORT_FILE = "selection.json"
 
 
 def select_best(sample_stage: str, reward_models: Mapping[str, str], out_dir: str, *, selection: Selection,
-                safety_threshold: float = SAFETY_THRESHOLD, batch_size: int = 16) -> dict:
+                safety_threshold: float = SAFETY_THRESHOLD, batch_size: int = 16, gpus: float = 0) -> dict:
     """Score every sample of a finished sample stage with the reward models (name -> reward model
     folder, a `reward` run's or its hf/ export) and keep each prompt's best usable answer; returns
-    the report (`REPORT_FILE`). A folder stage made in one go: redone only when the samples, the
-    reward models' files or the selection changed."""
+    the report (`REPORT_FILE`). Each reward model scores in a Ray task of its own (holding `gpus`
+    GPUs, its model then on the GPU). A folder stage made in one go: redone only when the samples,
+    the reward models' files or the selection changed."""
     from modeling.model_folders import model_digest
     from modeling.sampling import read_samples, sample_manifest
     from modeling.sft import base_model_folder
@@ -172,7 +173,8 @@ def select_best(sample_stage: str, reward_models: Mapping[str, str], out_dir: st
         if not samples:
             raise ValueError(f"{sample_stage}: the sample stage holds no samples")
         names = sorted(folders)
-        scored = run_tasks(score_samples_with, [(folders[name],) for name in names], shared=(samples, batch_size),
+        scored = run_tasks(score_samples_with, [(folders[name],) for name in names],
+                           shared=(samples, batch_size, "cuda" if gpus else "cpu"), num_gpus=gpus,
                            label="scoring samples")
         rewards = dict(zip(names, scored))
         chosen = selection_rewards(rewards, [s.unsafe for s in samples], selection, safety_threshold)
@@ -189,14 +191,14 @@ def usable(sample) -> bool:
     return sample.finished and bool(sample.answer.strip())
 
 
-def score_samples_with(samples: Sequence, batch_size: int, reward_model_folder: str) -> np.ndarray:
+def score_samples_with(samples: Sequence, batch_size: int, device: str, reward_model_folder: str) -> np.ndarray:
     """(N,) one reward model's scores of the samples' answers (as `modeling.chat_eval` scores them)."""
     from modeling.chat_eval import score_answers
     from modeling.reward import load_reward_hf
     from tasks.dialogues.prompts import ChatPrompt
     from tasks.tokenizer import Tokenizer
 
-    model = load_reward_hf(reward_model_folder)
+    model = load_reward_hf(reward_model_folder, device=device)
     tokenizer = Tokenizer.load(f"{reward_model_folder}/tokenizer.model")
     prompts = [ChatPrompt(s.prompt_id, tuple(s.messages)) for s in samples]
     return score_answers(model, tokenizer, prompts, [s.answer for s in samples], batch_size=batch_size)

@@ -305,20 +305,21 @@ ROLES = ("policy", "reference", "value", "helpfulness", "safety")
 
 
 def score_role(samples: Sequence[RolloutSample], role: str, folder: str, *, temperature: float = 1.0,
-               batch_size: int = 16) -> list[np.ndarray] | np.ndarray:
-    """One role's scores of the samples, its model loaded from `folder` (what a Ray task of the
-    flow runs for each role at once): `policy` and `reference` answer log-probs (a language model
-    folder), `value` values and `helpfulness` / `safety` scores (a reward model folder)."""
+               batch_size: int = 16, device: str = "cpu") -> list[np.ndarray] | np.ndarray:
+    """One role's scores of the samples, its model loaded from `folder` onto `device` (what a Ray
+    task of the flow runs for each role at once): `policy` and `reference` answer log-probs (a
+    language model folder), `value` values and `helpfulness` / `safety` scores (a reward model folder)."""
     from modeling.model_folders import load_model
     from modeling.reward import load_reward_hf
     from modeling.sft import base_model_folder
 
     if role in ("policy", "reference"):
-        return answer_logprobs_of(load_model(folder), samples, temperature=temperature, batch_size=batch_size)
+        return answer_logprobs_of(load_model(folder, device=device), samples, temperature=temperature,
+                                  batch_size=batch_size)
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}; the roles are {', '.join(ROLES)}")
     export = base_model_folder(folder)
-    model = load_reward_hf(export)
+    model = load_reward_hf(export, device=device)
     if role == "value":
         return answer_values(model, samples, batch_size=batch_size)
     return answer_scores(model, Tokenizer.load(export / "tokenizer.model"), samples, batch_size=batch_size)

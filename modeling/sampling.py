@@ -25,7 +25,7 @@ finished (ended with EOS) per model, and generation seconds and tokens/s per wor
 the units, each timed where it ran).
 
 The units run on Ray actors (`tasks.executor.run_on_actors`), ``actors`` per model, each loading
-its model once and serving units of that model. A model answers through a
+its model once (onto a GPU of its own with ``gpus_per_actor``) and serving units of that model. A model answers through a
 :class:`GenerationBackend`; ours is :class:`LlamaBackend` (`modeling.generate`: batched
 KV-cache decoding of like-length prompts). A vLLM engine would plug in as another backend: its
 ``generate`` would hand the prompt ids to ``LLM.generate`` as token prompts with
@@ -129,6 +129,7 @@ class SamplingConfig(BaseModel):
     prompts_per_part: int = Field(64, ge=1)
     batch_size: int = Field(16, ge=1, description="Prompts a generate call")
     actors: int = Field(1, ge=1, description="Ray actors per model, each loading its model once")
+    gpus_per_actor: float = Field(0, ge=0, description="GPUs an actor holds (its model then runs on the GPU); 0: CPU")
     tokenizer: str | None = Field(None, description="tokenizer.model; default: the first model's")
 
     @field_validator("models")
@@ -224,9 +225,10 @@ def sample_unit(backend: GenerationBackend, tokenizer: Tokenizer, job: UnitJob) 
 class SamplingWorker:
     """A Ray actor's state: one model and the tokenizer, loaded once, serving that model's units."""
 
-    def __init__(self, folder: str, tokenizer: str, batch_size: int):
+    def __init__(self, folder: str, tokenizer: str, batch_size: int, device: str = "cpu"):
         self.tokenizer = Tokenizer.load(tokenizer)
-        self.backend = LlamaBackend(load_model(folder), batch_size=batch_size, vocab_size=self.tokenizer.vocab_size)
+        self.backend = LlamaBackend(load_model(folder, device=device), batch_size=batch_size,
+                                    vocab_size=self.tokenizer.vocab_size)
 
     def sample(self, job: UnitJob) -> dict[str, Any]:
         return sample_unit(self.backend, self.tokenizer, job)
@@ -309,9 +311,11 @@ def sample_stage(prompt_sets: Sequence[str], config: SamplingConfig, stage_dir: 
             for job in todo:
                 receipts[job.name] = sample_unit(backends[job.model], tokenizer, job)
         elif todo:
-            pools = {c.label: (str(c.weights), tokenizer_file, config.batch_size) for c in checkpoints}
+            device = "cuda" if config.gpus_per_actor else "cpu"
+            pools = {c.label: (str(c.weights), tokenizer_file, config.batch_size, device) for c in checkpoints}
             results = run_on_actors(SamplingWorker, pools, [(job.model, (job,)) for job in todo], method="sample",
-                                    actors_per_pool=config.actors, label=f"sampling {stage.name}")
+                                    actors_per_pool=config.actors, num_gpus=config.gpus_per_actor,
+                                    label=f"sampling {stage.name}")
             receipts.update({job.name: receipt for job, receipt in zip(todo, results)})
         manifest = _manifest(config, payload, stage_fingerprint, prompts, kept, too_long,
                              [receipts[job.name] for job in jobs], labels)

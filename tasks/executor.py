@@ -190,10 +190,12 @@ def run_tasks(
     calls: Sequence[tuple],
     *,
     shared: tuple = (),
+    num_gpus: float = 0,
     label: str | None = None,
     on_result: Callable[[Result], None] | None = None,
 ) -> list[Result]:
-    """``function(*shared, *call)`` for every call, each a Ray task; the results in call order.
+    """``function(*shared, *call)`` for every call, each a Ray task (holding ``num_gpus`` GPUs, for
+    one that runs a model on a GPU cluster); the results in call order.
 
     ``shared`` goes to the object store once for all calls. Retries follow :data:`TASK_RETRIES`
     and :data:`TRANSIENT_ERRORS`. ``on_result`` sees each result as its task finishes (in the
@@ -205,7 +207,8 @@ def run_tasks(
     from tasks.ray_runtime import ensure_ray
 
     ensure_ray()
-    remote = ray.remote(function).options(max_retries=TASK_RETRIES, retry_exceptions=list(TRANSIENT_ERRORS))
+    remote = ray.remote(function).options(num_gpus=num_gpus, max_retries=TASK_RETRIES,
+                                          retry_exceptions=list(TRANSIENT_ERRORS))
     shared_refs = [ray.put(value) for value in shared]
     position = {remote.remote(*shared_refs, *call): n for n, call in enumerate(calls)}
     results: list[Any] = [None] * len(calls)
@@ -230,12 +233,14 @@ def run_on_actors(
     method: str,
     actors_per_pool: int = 1,
     num_cpus: float = 1,
+    num_gpus: float = 0,
     label: str | None = None,
     on_result: Callable[[Result], None] | None = None,
 ) -> list[Result]:
     """``actor.<method>(*call)`` for every ``(pool, call)`` on an actor of that pool; results in call order.
 
-    Each pool is ``actors_per_pool`` actors made by ``actor_class(*pools[pool])``: what the
+    Each pool is ``actors_per_pool`` actors (each holding ``num_cpus`` CPUs and ``num_gpus`` GPUs)
+    made by ``actor_class(*pools[pool])``: what the
     constructor loads (a model) is loaded once per actor and serves many calls. An idle actor takes
     its pool's next call; one whose pool has none left is ended, so a cluster too small for every
     actor at once still finishes (the actors it could not place start as others end). Retries follow :data:`TASK_RETRIES` and :data:`TRANSIENT_ERRORS`: a dead
@@ -252,7 +257,7 @@ def run_on_actors(
     if unknown:
         raise ValueError(f"calls name pools that are not given: {sorted(map(str, unknown))}")
     ensure_ray()
-    remote_class = ray.remote(actor_class).options(num_cpus=num_cpus, max_restarts=TASK_RETRIES,
+    remote_class = ray.remote(actor_class).options(num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=TASK_RETRIES,
                                                    max_task_retries=TASK_RETRIES)
     waiting = {pool: [n for n, (key, _) in enumerate(calls) if key == pool] for pool in pools}
     idle = {pool: [remote_class.remote(*pools[pool]) for _ in range(min(actors_per_pool, len(waiting[pool])))]
