@@ -366,6 +366,11 @@ class PPOConfig(FineTuningConfig):
             value = reward_model.state_dict()
         return {**{f"policy.{k}": v for k, v in policy.items()}, **{f"value.{k}": v for k, v in value.items()}}
 
+    def trained_parameters(self) -> int:
+        """The policy's and the value model's (no vocabulary head, a score head): one optimizer over both."""
+        shape = self.model_shape
+        return 2 * shape.n_params - shape.vocab_size * shape.dim + shape.dim
+
     def flops_per_token(self) -> int:
         """The policy's training FLOPs and the value model's (no vocabulary head, a score head)."""
         shape = self.model_shape

@@ -248,9 +248,12 @@ class RunConfig(Strict):
         """The data exists, is complete and fits the run; returns its manifest."""
         return self.objective().check_data()
 
+    def trained_parameters(self) -> int:
+        """Parameters the run trains (and keeps gradients and AdamW states of)."""
+        return self.model_shape.n_params
+
     def _check_memory(self) -> None:
-        config = self.model_shape
-        n_params = config.n_params
+        n_params = self.trained_parameters()
         states_gib = TRAINING_BYTES_PER_PARAM * n_params / GIB
         scaling = self.scaling
         if scaling.use_gpu:
@@ -258,7 +261,7 @@ class RunConfig(Strict):
             needed = math.ceil(states_gib / budget)
             if scaling.num_workers < needed:
                 raise ValueError(
-                    f"{self.model_name} has {n_params / 1e9:.2f}B parameters: its weights, gradients and AdamW "
+                    f"{self.model_name}: the run trains {n_params / 1e9:.2f}B parameters: their weights, gradients and AdamW "
                     f"states ({states_gib:.0f} GiB in fp32) need at least {needed} GPUs of "
                     f"{scaling.gpu_memory_gib:g} GiB sharded with FSDP2; set scaling.num_workers >= {needed}")
         elif n_params > 2e9:

@@ -170,6 +170,11 @@ def test_the_config_is_a_step_a_mini_batch_and_a_checkpoint_an_iteration(tmp_pat
     assert (paper.peak_lr, paper.schedule.final_lr_ratio, paper.warmup_steps) == (1e-6, 1.0, 0)
     assert (paper.clip_ratio, paper.kl_beta, paper.rollout_settings().beta) == (0.2, 0.01, 0.01)
     assert paper.accumulation_steps(8) == 4 and paper.global_batch_rows == 64
+    # The policy and the value model are trained together: both count against the GPUs' memory.
+    shape = paper.model_shape
+    assert paper.trained_parameters() == 2 * shape.n_params - shape.vocab_size * shape.dim + shape.dim
+    with pytest.raises(ValueError, match=r"the run trains 13\.35B parameters: .* need at least 4 GPUs of 80 GiB"):
+        llama2_7b_chat_run(scaling={"num_workers": 2, "use_gpu": True, "gpu_memory_gib": 80})
     debug = debug_run()
     assert (debug.batch_samples, debug.mini_batch_samples, debug.steps_per_iteration) == (32, 8, 4)
     assert not debug.scaling.use_gpu and debug.model_name == "debug"

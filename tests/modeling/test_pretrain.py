@@ -51,7 +51,7 @@ def test_configs_that_cannot_work_are_rejected_with_what_to_change(stage, overri
 
 
 def test_too_few_gpus_for_the_size():
-    with pytest.raises(ValidationError, match="llama2-7b has 6.74B parameters: .* need at least 2 GPUs of 80 GiB "
+    with pytest.raises(ValidationError, match="llama2-7b: the run trains 6.74B parameters: .* need at least 2 GPUs of 80 GiB "
                                               ".* set scaling.num_workers >= 2"):
         llama2_7b_run(scaling={"num_workers": 1, "use_gpu": True})
     with pytest.raises(ValidationError, match="need at least 4 GPUs of 40 GiB"):
