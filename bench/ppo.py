@@ -22,9 +22,17 @@ ours-against-transformers figure), and training's tokens/s (the core's: padded r
 mini-batches) and answer tokens/s; MFU where a peak is known (the core's: a GPU's bf16 peak, or
 `--peak-flops` for a CPU).
 
-On 2 shared CPU cores (1 thread, `debug`, 64 samples, 32 new tokens, batch 16, mini-batch 8): see
-the figures in the module's commit; the split is dominated by training (a forward and backward of
-two models per mini-batch) and generation.
+Scoring's seconds include each role loading its model from its folder, as the flow's tasks do.
+
+On 2 shared CPU cores, 1 thread, batch 16, mini-batch 8 (three runs alike within 10%):
+`debug` (0.18M params at this vocabulary), 64 samples, 32 new tokens, 8 steps: an iteration 0.94-1.0 s
+(64-68 samples/s): generation 0.13 s (13%, 14-15k new tokens/s, as bench/sampling.py's 13.8k for
+the debug size), scoring 0.19 s (20%, five roles), assembly 0.13 s (13%), trainer start 0.18 s
+(18%), training 0.33-0.36 s (36%, 19-21k tokens/s of padded rows, 5.4-5.8k answer tokens/s).
+`--model 100m` (61.7M params), 16 samples, 16 new tokens, 2 steps: 24.6 s (0.65 samples/s):
+generation 2.0 s (8%, 127 tokens/s), scoring 8.0 s (33%, 1.4-1.8 s a role, loading included),
+assembly 0.3 s (1%), trainer start 1.3 s (5%), training 13.0 s (53%, 139 tokens/s): at scale the
+split is training, then scoring, then generation.
 """
 
 from __future__ import annotations
