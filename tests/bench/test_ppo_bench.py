@@ -3,12 +3,10 @@ iteration, every sample was generated and trained on, and MFU is reported when a
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
+from tests.bench.conftest import load_bench
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "ppo.py"
 FIELDS = {"model", "params", "samples", "new_tokens", "threads", "steps", "seconds", "role_seconds", "shares",
           "iteration_seconds", "samples_per_second", "piece_samples_per_second", "generated_tokens",
           "generation_tokens_per_second", "training_tokens_per_second", "training_answer_tokens_per_second", "mfu",
@@ -17,10 +15,7 @@ FIELDS = {"model", "params", "samples", "new_tokens", "threads", "steps", "secon
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_ppo", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("ppo")
 
 
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")

@@ -4,9 +4,7 @@ packed rows, transformers' sequence classifier on padded sides) give the same re
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,17 +19,14 @@ from tasks.synthetic.comparisons import make_comparisons
 from tasks.synthetic.instructions import tokenizer_texts
 from tasks.tokenizer import export_hf, train_tokenizer
 from tasks.token_reader import PackedRow
+from tests.bench.conftest import load_bench
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "reward.py"
 ROW_TOKENS = 64  # leaves some synthetic comparisons out as too long, and fits two of others
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_reward", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("reward")
 
 
 @pytest.fixture(scope="module")

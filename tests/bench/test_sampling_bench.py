@@ -3,12 +3,10 @@ and transformers' greedy answers cut at EOS are compared answer for answer with 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
+from tests.bench.conftest import load_bench
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "sampling.py"
 FIELDS = {"prompts", "new_tokens", "batch", "threads", "params", "ours_tokens", "hf_tokens", "ours_seconds",
           "hf_seconds", "ours_tokens_per_second", "hf_tokens_per_second", "ratio", "identical_outputs",
           "common_prefix_tokens", "wall_seconds"}
@@ -16,10 +14,7 @@ FIELDS = {"prompts", "new_tokens", "batch", "threads", "params", "ours_tokens", 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_sampling", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("sampling")
 
 
 def test_a_tiny_run_reports_every_field(bench):

@@ -3,8 +3,6 @@ check counts packed rows example by example."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer
@@ -12,16 +10,13 @@ from transformers import AutoTokenizer
 from tasks.chat_format import encode_dialogue
 from tasks.synthetic.instructions import make_instructions, tokenizer_texts
 from tasks.tokenizer import export_hf, train_tokenizer
+from tests.bench.conftest import load_bench
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "sft.py"
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_sft", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("sft")
 
 
 @pytest.fixture(scope="module")
