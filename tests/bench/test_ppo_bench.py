@@ -3,8 +3,8 @@ iteration, every sample was generated and trained on, and MFU is reported when a
 
 from __future__ import annotations
 
-
 import pytest
+
 from tests.bench.conftest import load_bench
 
 FIELDS = {"model", "params", "samples", "new_tokens", "threads", "steps", "seconds", "role_seconds", "shares",

@@ -3,8 +3,8 @@ and transformers' greedy answers cut at EOS are compared answer for answer with 
 
 from __future__ import annotations
 
-
 import pytest
+
 from tests.bench.conftest import load_bench
 
 FIELDS = {"prompts", "new_tokens", "batch", "threads", "params", "ours_tokens", "hf_tokens", "ours_seconds",

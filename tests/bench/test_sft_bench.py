@@ -3,7 +3,6 @@ check counts packed rows example by example."""
 
 from __future__ import annotations
 
-
 import pytest
 from transformers import AutoTokenizer
 
@@ -11,7 +10,6 @@ from tasks.chat_format import encode_dialogue
 from tasks.synthetic.instructions import make_instructions, tokenizer_texts
 from tasks.tokenizer import export_hf, train_tokenizer
 from tests.bench.conftest import load_bench
-
 
 
 @pytest.fixture(scope="module")
