@@ -120,15 +120,14 @@ def check(config: PPOFlowConfig, run: PPOConfig) -> list:
     """Before any work: the prompt sets, the models, and the prompts with room in the run's sequence."""
     from modeling.chat_eval import prompts_that_fit
     from modeling.model_folders import folder_checkpoints
+    from modeling.reward import reward_model_folder
     from tasks.dialogues.prompts import read_prompts
     from tasks.tokenizer import Tokenizer
 
     if run.init is None:
         raise ValueError("training.init: PPO starts from a chat model (its policy and its reference)")
     for name, folder in config.reward_models.items():
-        from flows.rlhf import reward_model_export
-
-        reward_model_export(folder, name)
+        reward_model_folder(folder, name)
     checkpoint = folder_checkpoints(run.init, tokenizer=run.tokenizer)[0]
     tokenizer = Tokenizer.load(checkpoint.tokenizer)
     prompts = [prompt for path in config.prompts for prompt in read_prompts(path)[0]]

@@ -28,7 +28,6 @@ rewards' drift across rounds, the models' evaluation and Ghost Attention's turn-
 from __future__ import annotations
 
 import base64
-from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, task
@@ -42,6 +41,7 @@ from modeling.ppo_training import PPOConfig
 from modeling.ppo_training import debug_run as ppo_debug_run
 from modeling.ppo_training import llama2_7b_chat_run as ppo_llama2_7b_chat_run
 from modeling.rejection_sampling import Selection, needed_reward_models
+from modeling.reward import reward_model_folder
 from modeling.run_config import with_overrides
 from modeling.sft import SFTConfig
 from modeling.sft import debug_run as sft_debug_run
@@ -176,24 +176,7 @@ class RLHFConfig(BaseModel):
             read_prompts(path)
         folder_checkpoints(self.init, tokenizer=self.tokenizer)
         for name, folder in self.reward_models.items():
-            reward_model_export(folder, name)
-
-
-def reward_model_export(folder: str, name: str) -> Path:
-    """The reward model's Hugging Face folder: `folder` itself or a reward run's hf/."""
-    import json
-
-    from modeling.sft import base_model_folder
-
-    export = base_model_folder(folder)
-    architectures = json.loads((export / "config.json").read_text()).get("architectures") \
-        if (export / "config.json").is_file() else None
-    if architectures != ["LlamaForSequenceClassification"]:
-        raise ValueError(f"reward_models.{name}: {folder} is not a reward model export (architectures "
-                         f"{architectures})")
-    if not (export / "tokenizer.model").is_file():
-        raise FileNotFoundError(f"reward_models.{name}: {export} has no tokenizer.model to read answers with")
-    return export
+            reward_model_folder(folder, name)
 
 
 def llama2_7b_chat(**overrides: Any) -> RLHFConfig:
@@ -335,7 +318,7 @@ def evaluate_models(config: RLHFConfig, models: dict[str, str]) -> list[dict[str
     from tasks.dialogues.prompts import read_prompts
 
     prompts, _ = read_prompts(config.evaluation_prompts)
-    judges = {name: load_reward_hf(reward_model_export(folder, name)) for name, folder in config.reward_models.items()}
+    judges = {name: load_reward_hf(reward_model_folder(folder, name)) for name, folder in config.reward_models.items()}
     reports = {}
     for label, folder in models.items():
         model, tokenizer = folder_checkpoints(folder, tokenizer=config.tokenizer)[0].load()

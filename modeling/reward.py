@@ -41,7 +41,7 @@ from modeling.checkpoints import config_from_hf, from_hf_state_dict, read_hf_wei
 from modeling.configs import ModelConfig
 from modeling.llama import Llama
 from modeling.objectives import LossWithCounts, PackedRows, example_positions, read_token_manifest
-from modeling.sft import FineTuningConfig
+from modeling.sft import FineTuningConfig, base_model_folder
 from tasks.preferences.records import RATINGS, margin
 from tasks.reward_tokens import UNRATED, answer_ends
 from tasks.settings import default_data_root
@@ -334,6 +334,20 @@ def set_pad_token(folder: Path, pad_token_id: int) -> None:
         path = folder / name
         if path.is_file():
             path.write_text(json.dumps(json.loads(path.read_text()) | {"pad_token": pad}, indent=2) + "\n")
+
+
+def reward_model_folder(folder: str | Path, name: str) -> Path:
+    """The export of reward model `name` (a `save_reward_hf` folder, or a reward run holding one in hf/),
+    checked to be a reward model with a tokenizer to read answers with."""
+    export = base_model_folder(str(folder))
+    config_file = export / "config.json"
+    architectures = json.loads(config_file.read_text()).get("architectures") if config_file.is_file() else None
+    if architectures != ["LlamaForSequenceClassification"]:
+        raise ValueError(f"reward_models.{name}: {folder} is not a reward model export (architectures "
+                         f"{architectures})")
+    if not (export / "tokenizer.model").is_file():
+        raise FileNotFoundError(f"reward_models.{name}: {export} has no tokenizer.model to read answers with")
+    return export
 
 
 def load_reward_hf(folder: str | Path, *, dtype: torch.dtype | None = None,

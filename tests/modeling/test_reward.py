@@ -23,6 +23,7 @@ from modeling.reward import (
     margin_table,
     ranking_losses,
     load_reward_hf,
+    reward_model_folder,
     save_reward_hf,
     score_sequences,
 )
@@ -364,6 +365,19 @@ def test_the_hf_export_is_a_sequence_classifier_giving_our_scores(tmp_path):
     assert torch.equal(score_sequences(loaded, sequences, pad_id=0), ours)
     with pytest.raises(ValueError, match="not a reward model"):
         load_reward_hf(save_hf(random_model(config), tmp_path / "causal"))
+
+
+def test_a_reward_model_folder_is_its_export_checked_before_use(tmp_path, chat_tokenizer):
+    config = tiny_config(vocab_size=600)
+    spm = tmp_path / "tokenizer.model"
+    spm.write_bytes(chat_tokenizer.model_proto)
+    run = tmp_path / "reward-run"
+    export = save_reward_hf(RewardModel(config), run / "hf", tokenizer_files=[spm])
+    assert reward_model_folder(run, "helpfulness") == export == reward_model_folder(export, "helpfulness")
+    with pytest.raises(ValueError, match=r"reward_models.safety: .*causal is not a reward model export"):
+        reward_model_folder(save_hf(random_model(config), tmp_path / "causal"), "safety")
+    with pytest.raises(FileNotFoundError, match="has no tokenizer.model"):
+        reward_model_folder(save_reward_hf(RewardModel(config), tmp_path / "bare"), "safety")
 
 
 # ------------------------------------------------------------------------------ learning, on known answers
