@@ -189,15 +189,16 @@ def score(config: PPOFlowConfig, run: PPOConfig, iteration: int) -> dict[str, An
     """Every role's scores of the iteration's samples (Ray tasks), made into its rollouts."""
     from modeling.model_folders import folder_checkpoints
     from modeling.rollouts import RolloutSample, assemble_rollouts, finished_rollouts, write_rollouts
-    from modeling.sampling import read_samples
+    from modeling.sampling import read_samples, sample_manifest
     from tasks.chat_format import encode_prompt
     from tasks.dialogues.prompts import ChatPrompt
     from tasks.executor import run_tasks
     from tasks.tokenizer import Tokenizer
 
+    sampled = sample_manifest(config.samples_stage(iteration))["fingerprint"]
     done = finished_rollouts(run.data, iteration)
-    if done is not None and done["provenance"].get("samples") == config.samples_stage(iteration):
-        return done
+    if done is not None and done["provenance"].get("samples_fingerprint") == sampled:
+        return done  # the rollouts of these very samples
     tokenizer = Tokenizer.load(folder_checkpoints(run.init, tokenizer=run.tokenizer)[0].tokenizer)
     samples = []
     for drawn in read_samples(config.samples_stage(iteration)):
@@ -215,7 +216,8 @@ def score(config: PPOFlowConfig, run: PPOConfig, iteration: int) -> dict[str, An
     rollouts = assemble_rollouts(samples, scored["policy"], scored["reference"], scored["value"],
                                  scored["helpfulness"], scored.get("safety"), settings)
     manifest = write_rollouts(run.data, iteration, rollouts, settings,
-                              provenance={"samples": config.samples_stage(iteration), **{k: str(v) for k, v in roles.items()}})
+                              provenance={"samples": config.samples_stage(iteration), "samples_fingerprint": sampled,
+                                          **{k: str(v) for k, v in roles.items()}})
     print(f"PPO iteration {iteration}: reward helpful {manifest['reward_helpful']:.3f}, gated "
           f"{manifest['reward_gated']:.3f}, KL {manifest['kl']:.3f} nats, answers {manifest['response_length']:.1f} "
           f"tokens")
