@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
+)
 from pydantic import ValidationError
 
 from flows.ppo import PPOFlowConfig
@@ -87,11 +93,11 @@ def round_run(tmp_path_factory, prefect_api, ray_local):
         patch.delenv("RAY_API_SERVER_ADDRESS", raising=False)
         state = rlhf(config, return_state=True)
     assert state.is_completed(), state.message
-    return config, state.result()
+    return config, state.result(), state.state_details.flow_run_id
 
 
 def test_a_round_samples_selects_fine_tunes_then_runs_ppo_and_ghost_attention(round_run):
-    config, result = round_run
+    config, result, _ = round_run
     assert list(result["models"]) == ["sft", "round-1-rs", "round-1-ppo", "round-1-gatt"]
     round_dir = Path(config.round_dir(1))
     samples = json.loads((round_dir / "samples" / "_manifest.json").read_text())
@@ -134,20 +140,30 @@ def test_a_round_samples_selects_fine_tunes_then_runs_ppo_and_ghost_attention(ro
 
 
 def test_the_round_publishes_its_figures(round_run):
-    async def artifacts(key: str):
-        async with get_client() as client:
-            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-
+    """On the round's own flow run and its subflows' (the session's other flows publish these keys too)."""
     import asyncio
 
-    for key in ("rlhf-round", "rlhf-summary", "rlhf-evaluation", "rlhf-gatt", "ppo-iterations", "ppo-progress"):
-        assert asyncio.run(artifacts(key)), key
-    [summary] = asyncio.run(artifacts("rlhf-summary"))[-1:]
+    _, _, flow_run_id = round_run
+
+    async def published() -> dict[str, list]:
+        async with get_client() as client:
+            children = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])))
+            runs = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id, *(child.id for child in children)]))
+            keys = ["rlhf-round", "rlhf-summary", "rlhf-evaluation", "rlhf-gatt", "ppo-iterations", "ppo-progress"]
+            artifacts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)),
+                                                    flow_run_filter=runs)
+            return {key: [a for a in artifacts if a.key == key] for key in keys}
+
+    by_key = asyncio.run(published())
+    assert all(by_key.values()), {key: len(found) for key, found in by_key.items()}
+    [summary] = by_key["rlhf-summary"]
     assert "Rejection sampling" in summary.data and "Ghost Attention" in summary.data and "image/png" in summary.data
+    assert len(by_key["ppo-iterations"]) == 2  # published after each of the two iterations
 
 
 def test_a_rerun_reuses_every_finished_step(round_run):
-    config, result = round_run
+    config, result, _ = round_run
     round_dir = Path(config.round_dir(1))
     sampled = {p: p.stat().st_mtime_ns for p in (round_dir / "samples").glob("part-*.parquet")}
     started = time.perf_counter()
@@ -160,7 +176,7 @@ def test_a_rerun_reuses_every_finished_step(round_run):
 
 
 def test_what_cannot_work_is_refused_before_any_step(tmp_path, round_run):
-    config, _ = round_run
+    config, _, _ = round_run
     with pytest.raises(ValueError, match="no prompts"):
         config.model_copy(update={"prompts": []}).check()
     with pytest.raises(ValueError, match="needs the safety reward model"):
