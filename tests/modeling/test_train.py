@@ -247,8 +247,10 @@ def test_checkpointed_layer_choices():
         checkpointed_layers(6, [6])
 
 
-def _ddp_worker(rank: int, port: int, inputs: torch.Tensor, targets: torch.Tensor, out: str) -> None:
+def _ddp_worker(rank: int, port: int, token_rows: list[list[int]], out: str) -> None:
     torch.set_num_threads(1)
+    tokens = torch.tensor(token_rows)
+    inputs, targets = tokens[:, :-1], tokens[:, 1:]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     # A bounded rendezvous: a port taken by someone else fails the test instead of hanging it.
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
@@ -275,7 +277,9 @@ def test_ddp_over_gloo_matches_one_process_on_the_whole_batch(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = str(tmp_path / "ddp.pt")
-    mp.spawn(_ddp_worker, args=(port, inputs, targets, out), nprocs=2, join=True)
+    # Plain lists, not tensors: torch would pass tensors through shared memory, which a session's Ray
+    # object store may have filled (the spawned ranks then hang before they start).
+    mp.spawn(_ddp_worker, args=(port, tokens.tolist(), out), nprocs=2, join=True)
 
     torch.manual_seed(0)
     model = Llama(tiny_config())
