@@ -56,3 +56,18 @@ def write_token_stage(stage: Path, rows: np.ndarray, doc_starts: list[list[int]]
                       shards: int = 1, row_group_rows: int = 8) -> str:
     """A finished token stage of these rows, in small row groups so readers cross them often."""
     return write_rows_stage(str(stage), rows.astype(np.uint16), doc_starts, vocab_size, shards, row_group_rows)
+
+
+def spawn_two_ranks(worker, args: tuple, folder, monkeypatch) -> None:
+    """`worker(rank, rendezvous, *args)` on two spawned processes, which meet through a file in
+    `folder` (no port to race a session's Ray for) and start without the session's Ray and Prefect
+    environment (RAY_*, PREFECT_*: the ranks are plain torch.distributed processes)."""
+    import os
+
+    import torch.multiprocessing as mp
+
+    for name in list(os.environ):
+        if name.startswith(("RAY_", "PREFECT_")):
+            monkeypatch.delenv(name)
+    rendezvous = f"file://{folder}/rendezvous"
+    mp.spawn(worker, args=(rendezvous, *args), nprocs=2, join=True)

@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import copy
 import datetime
-import os
-import socket
 import time
 
 import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from modeling.checkpoints import load_hf, save_hf
 from modeling.generate import Sampling, generate
@@ -30,7 +27,7 @@ from modeling.rollouts import (
 from modeling.train import Trainer
 from tasks.dialogues.prompts import ChatPrompt
 from tasks.dialogues.records import Message
-from tests.modeling.helpers import random_model, tiny_config
+from tests.modeling.helpers import random_model, spawn_two_ranks, tiny_config
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -226,10 +223,10 @@ def test_activation_checkpointing_reaches_both_models_blocks_and_changes_no_loss
     assert metrics["value_loss"] == pytest.approx(plain["value_loss"], rel=1e-6)
 
 
-def _ddp_worker(rank: int, port: int, settings: dict, out: str) -> None:
+def _ddp_worker(rank: int, rendezvous: str, settings: dict, out: str) -> None:
     torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
     try:
         trainer = Trainer(PPOConfig.model_validate(settings))
         history = trainer.train(until=2)
@@ -240,17 +237,14 @@ def _ddp_worker(rank: int, port: int, settings: dict, out: str) -> None:
 
 
 @pytest.mark.timeout(180)
-def test_two_ddp_ranks_train_as_one_process_on_the_whole_mini_batch(tmp_path):
+def test_two_ddp_ranks_train_as_one_process_on_the_whole_mini_batch(tmp_path, monkeypatch):
     config = ppo_config(tmp_path, "one", 1)
     torch.manual_seed(config.seed)
     model = config.new_model()
     write_iteration(config, model, copy.deepcopy(model.policy), 0)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = str(tmp_path / "ddp.pt")
     settings = config.model_dump() | {"run_name": "two"}
-    mp.spawn(_ddp_worker, args=(port, settings, out), nprocs=2, join=True)
+    spawn_two_ranks(_ddp_worker, (settings, out), tmp_path, monkeypatch)
     distributed = torch.load(out)
     one = Trainer(config)
     history = one.train(until=2)

@@ -7,8 +7,6 @@ import datetime
 import hashlib
 import json
 import math
-import os
-import socket
 import tempfile
 from pathlib import Path
 
@@ -16,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from modeling.checkpoints import load_hf
 from modeling.llama import Llama
@@ -25,7 +22,7 @@ from modeling.parallelize import apply_activation_checkpointing, apply_data_para
 from modeling.checkpoint_folders import checkpoint_steps
 from modeling.pretrain import PretrainConfig
 from modeling.train import Trainer
-from tests.modeling.helpers import assert_equal_within, random_tokens, tiny_config, write_token_stage
+from tests.modeling.helpers import assert_equal_within, random_tokens, spawn_two_ranks, tiny_config, write_token_stage
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -247,13 +244,12 @@ def test_checkpointed_layer_choices():
         checkpointed_layers(6, [6])
 
 
-def _ddp_worker(rank: int, port: int, token_rows: list[list[int]], out: str) -> None:
+def _ddp_worker(rank: int, rendezvous: str, token_rows: list[list[int]], out: str) -> None:
     torch.set_num_threads(1)
     tokens = torch.tensor(token_rows)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    # A bounded rendezvous: a port taken by someone else fails the test instead of hanging it.
-    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
     try:
         torch.manual_seed(0)
         model = Llama(tiny_config())
@@ -270,16 +266,11 @@ def _ddp_worker(rank: int, port: int, token_rows: list[list[int]], out: str) -> 
 
 
 @pytest.mark.timeout(180)
-def test_ddp_over_gloo_matches_one_process_on_the_whole_batch(tmp_path):
+def test_ddp_over_gloo_matches_one_process_on_the_whole_batch(tmp_path, monkeypatch):
     tokens = random_tokens(4, 17, tiny_config().vocab_size)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = str(tmp_path / "ddp.pt")
-    # Plain lists, not tensors: torch would pass tensors through shared memory, which a session's Ray
-    # object store may have filled (the spawned ranks then hang before they start).
-    mp.spawn(_ddp_worker, args=(port, tokens.tolist(), out), nprocs=2, join=True)
+    spawn_two_ranks(_ddp_worker, (tokens.tolist(), out), tmp_path, monkeypatch)
 
     torch.manual_seed(0)
     model = Llama(tiny_config())
